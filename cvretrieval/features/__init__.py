@@ -1,0 +1,1 @@
+"""Image features: local key points (OpenCV), HOG, visual vocabularies, BoVW aggregation."""

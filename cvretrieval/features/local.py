@@ -1,0 +1,215 @@
+"""Local features: key points and descriptors from OpenCV detectors.
+
+Every detector returns a :class:`LocalFeatures`; an image without key points gives
+an empty result of the right shape, never ``None``.
+
+References
+----------
+.. [1] Lowe, "Distinctive image features from scale-invariant keypoints", IJCV 2004 (SIFT).
+.. [2] Rublee et al., "ORB: an efficient alternative to SIFT or SURF", ICCV 2011.
+.. [3] Arandjelović & Zisserman, "Three things everyone should know to improve object
+       retrieval", CVPR 2012 (RootSIFT).
+.. [4] Alcantarilla et al., "Fast explicit diffusion for accelerated features in nonlinear
+       scale spaces", BMVC 2013 (AKAZE).
+.. [5] Leutenegger et al., "BRISK: Binary robust invariant scalable keypoints", ICCV 2011.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+#: detector name -> (descriptor width, binary?)
+DETECTORS: dict[str, tuple[int, bool]] = {
+    "sift": (128, False),
+    "rootsift": (128, False),
+    "orb": (32, True),
+    "akaze": (61, True),
+    "brisk": (64, True),
+}
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Key points and their descriptors for one image.
+
+    Attributes
+    ----------
+    keypoints : (N, 2) float32 ndarray
+        ``x, y`` pixel coordinates in the image the features were extracted from.
+    descriptors : (N, D) ndarray
+        float32 for SIFT/RootSIFT, uint8 (packed bits) for ORB/AKAZE/BRISK.
+    scales : (N,) float32 ndarray
+        Key point diameters (OpenCV ``size``).
+    angles : (N,) float32 ndarray
+        Key point orientations in degrees (-1 when undefined).
+    image_shape : tuple of int
+        ``(height, width)`` of the image the key points refer to.
+    """
+
+    keypoints: NDArray[np.float32]
+    descriptors: NDArray[Any]
+    scales: NDArray[np.float32]
+    angles: NDArray[np.float32]
+    image_shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    @classmethod
+    def empty(cls, dim: int, binary: bool, image_shape: tuple[int, int] = (0, 0)) -> LocalFeatures:
+        """An empty result: ``(0, 2)`` key points and ``(0, dim)`` descriptors."""
+        dtype = np.uint8 if binary else np.float32
+        z = np.zeros(0, np.float32)
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), z, z.copy(), image_shape)
+
+
+def _create(name: str, n_features: int) -> cv2.Feature2D:
+    """Build an OpenCV detector; AKAZE/BRISK moved to ``cv2.xfeatures2d`` in OpenCV 5."""
+    if name in ("sift", "rootsift"):
+        return cv2.SIFT_create(nfeatures=n_features)
+    if name == "orb":
+        return cv2.ORB_create(nfeatures=n_features)
+    factory_name = {"akaze": "AKAZE_create", "brisk": "BRISK_create"}[name]
+    factory = getattr(cv2, factory_name, None)
+    if factory is None:
+        factory = getattr(getattr(cv2, "xfeatures2d", None), factory_name, None)
+    if factory is None:  # pragma: no cover - depends on the OpenCV build
+        raise RuntimeError(
+            f"this OpenCV build has no {name.upper()}; install opencv-contrib-python-headless"
+        )
+    return factory()
+
+
+def check_detector(name: str) -> str:
+    """Return the normalised detector name or raise a ``ValueError`` listing the valid ones."""
+    key = str(name).lower()
+    if key not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return key
+
+
+def rootsift(descriptors: NDArray[np.float32], eps: float = 1e-7) -> NDArray[np.float32]:
+    """RootSIFT: L1-normalise each SIFT descriptor, then take the element-wise square root.
+
+    Parameters
+    ----------
+    descriptors : (N, 128) float32 ndarray
+
+    Returns
+    -------
+    (N, 128) float32 ndarray
+        Hellinger-mapped descriptors; each row has unit L2 norm (zero rows stay zero).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> d = rootsift(np.array([[1.0, 3.0, 0.0]], np.float32))
+    >>> np.round(d, 3).tolist()
+    [[0.5, 0.866, 0.0]]
+    """
+    d = np.asarray(descriptors, np.float32)
+    l1 = np.abs(d).sum(axis=1, keepdims=True)
+    return np.sqrt(d / np.maximum(l1, eps)).astype(np.float32)
+
+
+class LocalFeatureExtractor:
+    """A detector + descriptor with fixed parameters; callable on an image.
+
+    Parameters
+    ----------
+    detector : {'sift', 'rootsift', 'orb', 'akaze', 'brisk'}
+    n_features : int, default 1000
+        Maximum number of key points kept (the strongest by response). AKAZE and
+        BRISK have no such limit in OpenCV; they are cut to the strongest ``n_features``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> extractor = LocalFeatureExtractor("orb", n_features=50)
+    >>> feats = extractor(np.zeros((64, 64), np.uint8))   # a flat image has no key points
+    >>> feats.descriptors.shape
+    (0, 32)
+    """
+
+    def __init__(self, detector: str = "sift", n_features: int = 1000) -> None:
+        self.detector = check_detector(detector)
+        if int(n_features) < 1:
+            raise ValueError(f"n_features must be a positive integer, got {n_features}")
+        self.n_features = int(n_features)
+        self._cv: cv2.Feature2D | None = None
+
+    @property
+    def dim(self) -> int:
+        return DETECTORS[self.detector][0]
+
+    @property
+    def binary(self) -> bool:
+        return DETECTORS[self.detector][1]
+
+    def __getstate__(self) -> dict[str, Any]:  # OpenCV objects do not pickle; rebuild lazily
+        return {"detector": self.detector, "n_features": self.n_features, "_cv": None}
+
+    def __call__(self, image: NDArray[np.uint8]) -> LocalFeatures:
+        return self.extract(image)
+
+    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
+        """Detect and describe key points.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, 3) uint8 ndarray
+            Grayscale or RGB.
+        """
+        gray = to_gray(image)
+        shape = (int(gray.shape[0]), int(gray.shape[1]))
+        if self._cv is None:
+            self._cv = _create(self.detector, self.n_features)
+        kps, desc = self._cv.detectAndCompute(gray, None)
+        if desc is None or len(kps) == 0:
+            logger.debug("no key points found by %s in an image of shape %s", self.detector, shape)
+            return LocalFeatures.empty(self.dim, self.binary, shape)
+        if len(kps) > self.n_features:  # AKAZE/BRISK ignore n_features; keep the strongest
+            order = np.argsort([-k.response for k in kps], kind="stable")[: self.n_features]
+            kps = [kps[i] for i in order]
+            desc = desc[order]
+        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        scales = np.array([k.size for k in kps], np.float32)
+        angles = np.array([k.angle for k in kps], np.float32)
+        if self.binary:
+            desc = np.ascontiguousarray(desc, np.uint8)
+        else:
+            desc = np.ascontiguousarray(desc, np.float32)
+            if self.detector == "rootsift":
+                desc = rootsift(desc)
+        return LocalFeatures(pts, desc, scales, angles, shape)
+
+
+def extract_local_features(
+    image: NDArray[np.uint8], detector: str = "sift", n_features: int = 1000
+) -> LocalFeatures:
+    """Function form of :class:`LocalFeatureExtractor` (builds the detector each call)."""
+    return LocalFeatureExtractor(detector, n_features).extract(image)
+
+
+def to_gray(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """RGB/RGBA/gray uint8 -> (H, W) uint8."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got dtype {img.dtype}; decode with cvretrieval.io.read_image")
+    if img.ndim == 2:
+        return img
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return img[:, :, 0]
+    raise ValueError(f"expected an image of shape (H, W) or (H, W, 3), got {img.shape}")
