@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SkNotFittedError
-
 
 class CVRetrievalError(Exception):
     """Base class of every error the library raises on purpose."""
@@ -13,8 +11,12 @@ class ImageReadError(CVRetrievalError, ValueError):
     """An image file or buffer could not be decoded (missing, empty, truncated, not an image)."""
 
 
-class NotFittedError(CVRetrievalError, _SkNotFittedError):
-    """A method needing fitted state was called before ``fit``."""
+class NotFittedError(CVRetrievalError, ValueError, AttributeError):
+    """A method needing fitted state was called before ``fit``.
+
+    Like scikit-learn's ``NotFittedError`` it is both a ``ValueError`` and an
+    ``AttributeError`` (importing scikit-learn here would slow every ``cvret`` start).
+    """
 
 
 class IndexTrainingError(CVRetrievalError, ValueError):

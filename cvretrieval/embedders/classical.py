@@ -1,0 +1,226 @@
+"""Classical embedders: HOG and Bag of Visual Words over local features.
+
+References
+----------
+.. [1] Dalal & Triggs, "Histograms of oriented gradients for human detection", CVPR 2005.
+.. [2] Sivic & Zisserman, "Video Google: a text retrieval approach to object matching in
+       videos", ICCV 2003.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import BundleError
+from ..features import bovw
+from ..features.hog import hog, hog_dim
+from ..features.local import LocalFeatureExtractor, LocalFeatures, check_detector
+from ..features.vocabulary import (
+    load_vocabulary,
+    make_vocabulary,
+    sample_descriptors,
+    save_vocabulary,
+)
+from .base import Embedder, l2_normalize, load_npy
+
+logger = logging.getLogger(__name__)
+
+
+class HOGEmbedder(Embedder):
+    """Global HOG vector of the image resized to ``size`` x ``size``, L2-normalised.
+
+    Parameters
+    ----------
+    size, cell, block, orientations : int
+        See :func:`cvretrieval.features.hog.hog`.
+    """
+
+    name = "hog"
+
+    def __init__(self, size: int = 128, cell: int = 8, block: int = 2, orientations: int = 9):
+        self.size = size
+        self.cell = cell
+        self.block = block
+        self.orientations = orientations
+
+    @property
+    def dim(self) -> int:
+        return hog_dim(self.size, self.cell, self.block, self.orientations)
+
+    def extract(self, image: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return hog(image, self.size, self.cell, self.block, self.orientations)
+
+    def encode(self, reduced: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
+        if len(reduced) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return l2_normalize(np.stack(reduced))
+
+
+class LocalFeatureEmbedder(Embedder):
+    """Shared plumbing of embedders that aggregate local descriptors through a vocabulary."""
+
+    detector: str
+    n_features: int
+    n_words: int
+    max_descriptors: int
+    random_state: int | None
+    vocabulary: str | None
+
+    def _init_local(self) -> None:
+        check_detector(self.detector)
+        self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
+        self.vocabulary_: Any = None
+        if self.vocabulary is not None:
+            self.vocabulary_ = self._load_external_vocabulary(Path(self.vocabulary))
+
+    def _load_external_vocabulary(self, path: Path) -> Any:
+        vocab = load_vocabulary(path)
+        meta = getattr(vocab, "meta_", None) or {}
+        built_with = meta.get("detector")
+        if built_with and built_with != self.detector:
+            raise BundleError(
+                f"vocabulary {path} was built from {built_with} descriptors but this embedder uses "
+                f"{self.detector}: pass --detector {built_with} or build a vocabulary for {self.detector}"
+            )
+        if vocab.binary != self._extractor.binary or vocab.dim != self._extractor.dim:
+            raise BundleError(
+                f"vocabulary {path} holds {vocab.dim}-d {'binary' if vocab.binary else 'float'} words; "
+                f"{self.detector} gives {self._extractor.dim}-d "
+                f"{'binary' if self._extractor.binary else 'float'} descriptors"
+            )
+        if vocab.n_words != self.n_words:
+            logger.info("using the vocabulary's %d words (n_words=%d ignored)", vocab.n_words, self.n_words)
+            self.n_words = int(vocab.n_words)
+        return vocab
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.vocabulary_ is None
+
+    def n_fit_images(self, n_total: int) -> int:
+        # enough images to offer about twice max_descriptors, and never fewer than 50
+        wanted = max(50, math.ceil(2 * self.max_descriptors / max(self.n_features, 1)))
+        return min(n_total, wanted)
+
+    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
+        return self._extractor.extract(image)
+
+    def fit_vocabulary(self, samples: Sequence[LocalFeatures]) -> None:
+        descriptors = sample_descriptors(
+            [f.descriptors for f in samples], self.max_descriptors, self.random_state
+        )
+        vocab = make_vocabulary(
+            self.n_words, binary=self._extractor.binary, random_state=self.random_state
+        )
+        vocab.fit(descriptors)
+        vocab.meta_ = {"detector": self.detector, "n_features": self.n_features}
+        self.vocabulary_ = vocab
+
+    def fit(self, samples: Sequence[LocalFeatures]) -> LocalFeatureEmbedder:
+        if self.vocabulary_ is None:
+            self.fit_vocabulary(samples)
+        return self
+
+    def _save_vocabulary(self, directory: Path) -> None:
+        save_vocabulary(self.vocabulary_, directory / "vocabulary")
+
+    def _load_vocabulary(self, directory: Path) -> None:
+        self.vocabulary_ = load_vocabulary(directory / "vocabulary")
+
+
+class BoVWEmbedder(LocalFeatureEmbedder):
+    """Bag of Visual Words: hard assignment to a vocabulary, TF-IDF weighting, L2 norm.
+
+    Parameters
+    ----------
+    detector : {'sift', 'rootsift', 'orb', 'akaze', 'brisk'}, default 'sift'
+    n_features : int, default 1000
+        Key points per image.
+    n_words : int, default 1000
+        Vocabulary size (k-means in float space; k-majority in Hamming space for binary
+        descriptors).
+    max_descriptors : int, default 100000
+        Size of the random descriptor sample the vocabulary is fitted on.
+    sublinear : bool, default False
+        Use ``1 + log(tf)`` term frequencies.
+    idf : bool, default True
+        Weight words by inverse document frequency learned from the indexed images.
+    random_state : int or None, default 0
+    vocabulary : str or None
+        A folder written by ``cvret vocab build`` to use instead of fitting one.
+
+    Examples
+    --------
+    >>> emb = BoVWEmbedder(detector="orb", n_words=500)
+    >>> emb.needs_fit
+    True
+    """
+
+    name = "bovw"
+
+    def __init__(
+        self,
+        detector: str = "sift",
+        n_features: int = 1000,
+        n_words: int = 1000,
+        max_descriptors: int = 100_000,
+        sublinear: bool = False,
+        idf: bool = True,
+        random_state: int | None = 0,
+        vocabulary: str | None = None,
+    ):
+        self.detector = detector
+        self.n_features = n_features
+        self.n_words = n_words
+        self.max_descriptors = max_descriptors
+        self.sublinear = sublinear
+        self.idf = idf
+        self.random_state = random_state
+        self.vocabulary = None if vocabulary is None else str(vocabulary)
+        self._init_local()
+        self.idf_: NDArray[np.float32] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.n_words)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.vocabulary_ is not None and (self.idf_ is not None or not self.idf)
+
+    def reduce(self, features: LocalFeatures) -> NDArray[np.uint32]:
+        """Visual-word ids of the image's descriptors, ``(N,)`` uint32."""
+        return self.vocabulary_.assign(features.descriptors).astype(np.uint32)
+
+    def fit_corpus(self, reduced: Sequence[NDArray[np.uint32]]) -> BoVWEmbedder:
+        if self.idf and self.idf_ is None:
+            tf = bovw.term_frequencies(list(reduced), self.n_words)
+            self.idf_ = bovw.idf_weights(bovw.document_frequencies(tf), tf.shape[0]).astype(np.float32)
+        return self
+
+    def encode(self, reduced: Sequence[NDArray[np.uint32]]) -> NDArray[np.float32]:
+        tf = bovw.term_frequencies(list(reduced), self.n_words, sublinear=self.sublinear)
+        weights = self.idf_ if self.idf else np.ones(self.n_words, np.float32)
+        return bovw.to_dense(bovw.tfidf(tf, weights, normalize=True))
+
+    def _save_state(self, directory: Path) -> None:
+        self._save_vocabulary(directory)
+        if self.idf_ is not None:
+            np.save(directory / "idf.npy", self.idf_)
+
+    def _load_state(self, directory: Path) -> None:
+        self._load_vocabulary(directory)
+        if self.idf:
+            idf = load_npy(directory, "idf.npy")
+            if idf.shape != (self.n_words,):
+                raise BundleError(
+                    f"{directory / 'idf.npy'} has shape {idf.shape}, expected ({self.n_words},)"
+                )
+            self.idf_ = idf.astype(np.float32)

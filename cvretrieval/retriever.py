@@ -1,0 +1,615 @@
+"""A Retriever is an embedder + a Faiss index + a catalog of images, saved as one folder.
+
+Building streams the images through worker processes (joblib): each worker decodes an
+image, extracts its features and reduces them to something compact (visual-word ids,
+a HOG vector), so memory holds only compact results. Embedders that must be fitted (a
+vocabulary) are fitted first on a random sample of images whose extracted features are
+then reused, so no image is decoded twice. An image that cannot be read is recorded in
+the catalog as ``failed`` and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from . import __version__
+from .catalog import Catalog
+from .embedders import Embedder, load_embedder, make_embedder
+from .errors import BundleError, ImageReadError, NotFittedError
+from .index import Index
+from .io import list_images, read_bytes_and_image, read_image
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+BBox = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: ``rank`` is 1-based; ``score`` is the index's similarity or distance."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Item:
+    """What a worker returns for one image."""
+
+    position: int
+    sha1: str | None
+    n_bytes: int | None
+    shape: tuple[int, ...] | None
+    value: Any = None
+    error: str | None = None
+
+
+def _limit_worker_threads() -> None:
+    """Worker processes already run in parallel: keep OpenCV single-threaded inside them."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _work(
+    embedder: Embedder,
+    tasks: Sequence[tuple[int, str, BBox | None]],
+    max_side: int | None,
+    stage: str,
+    in_worker: bool,
+) -> list[_Item]:
+    """Decode, extract and (for ``stage == "reduce"``) reduce a chunk of images."""
+    if in_worker:
+        _limit_worker_threads()
+    items: list[_Item] = []
+    images = []
+    for position, path, bbox in tasks:
+        try:
+            if bbox is None:
+                sha1, n_bytes, image = read_bytes_and_image(path, max_side=max_side)
+            else:
+                sha1, n_bytes, image = None, None, read_image(path, max_side=max_side, bbox=bbox)
+        except (ImageReadError, ValueError, OSError) as exc:
+            items.append(_Item(position, None, None, None, error=str(exc)))
+            continue
+        items.append(_Item(position, sha1, n_bytes, tuple(image.shape)))
+        images.append((len(items) - 1, image))
+    try:
+        extracted = embedder.extract_batch([im for _, im in images])
+        pairs = list(zip([i for i, _ in images], extracted))
+    except Exception:  # one bad image must not sink the chunk: retry one by one
+        pairs = []
+        for i, im in images:
+            try:
+                pairs.append((i, embedder.extract(im)))
+            except Exception as exc:
+                items[i].error = f"cannot extract features from {tasks[i][1]}: {exc}"
+    for i, feats in pairs:
+        try:
+            items[i].value = embedder.reduce(feats) if stage == "reduce" else feats
+        except Exception as exc:
+            items[i].error = f"cannot encode {tasks[i][1]}: {exc}"
+    return items
+
+
+def _show_progress(progress: bool | None) -> bool:
+    if progress is None:
+        return sys.stderr.isatty()
+    return bool(progress)
+
+
+class Retriever:
+    """Embed, index, search, save and load a collection of images.
+
+    Parameters
+    ----------
+    embedder : Embedder or str
+        An embedder, or a spec string for :func:`cvretrieval.make_embedder` (``"hog"``,
+        ``"bovw-sift"``, ...).
+    index : str, default 'flat'
+        A preset (``flat``, ``ivf``, ``lsh``, ``pq``, ``hnsw``) or any Faiss factory string.
+    metric : {'ip', 'l2'}, default 'ip'
+        Inner product (cosine: every built-in embedder L2-normalises) or L2 distance.
+    max_side : int or None, default 640
+        Images are downscaled so their long side is at most this before extraction.
+    n_jobs : int, default -1
+        Worker processes for extraction (-1: all cores; 1: in this process).
+    chunk_size : int, default 8
+        Images per task sent to a worker.
+    nprobe, ef_search : int, optional
+        Search-time parameters of IVF and HNSW indexes.
+    random_state : int, default 0
+        Seeds the choice of images the embedder is fitted on and the index training.
+
+    Examples
+    --------
+    >>> ret = Retriever("hog", index="flat")
+    >>> ret.config()["embedder"]["name"]
+    'hog'
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | str,
+        index: str = "flat",
+        metric: str = "ip",
+        *,
+        max_side: int | None = 640,
+        n_jobs: int = -1,
+        chunk_size: int = 8,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
+        self.index_spec = index
+        self.metric = metric
+        self.max_side = max_side
+        self.n_jobs = n_jobs
+        self.chunk_size = chunk_size
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.random_state = random_state
+        self.index: Index | None = None
+        self.catalog = Catalog()
+        self.ids_ = np.zeros(0, np.int64)  # index position -> catalog id
+        self.last_run_: dict[str, Any] = {}
+        self._vectors: dict[int, NDArray[np.float32]] = {}  # catalog id -> vector (this session)
+
+    # --- introspection ----------------------------------------------------------------
+    @property
+    def paths(self) -> list[Path]:
+        """Catalog image paths; search results' ids index this list."""
+        return [Path(p) for p in self.catalog.paths]
+
+    @property
+    def is_built(self) -> bool:
+        return self.index is not None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.spec(),
+            "index": self.index.config() if self.index is not None else {"spec": self.index_spec},
+            "metric": self.metric,
+            "max_side": self.max_side,
+            "random_state": self.random_state,
+        }
+
+    def __len__(self) -> int:
+        return int(self.ids_.shape[0])
+
+    # --- building ---------------------------------------------------------------------
+    def _n_jobs(self) -> int:
+        n = self.n_jobs
+        if n is None or n == 0:
+            return 1
+        return max(1, (os.cpu_count() or 1) + 1 + n) if n < 0 else int(n)
+
+    def _run(
+        self,
+        tasks: Sequence[tuple[int, str, BBox | None]],
+        stage: str,
+        progress: bool | None,
+        desc: str,
+    ) -> Iterator[_Item]:
+        """Run ``_work`` over chunks of tasks, in parallel when it pays; yields items in order."""
+        if not tasks:
+            return
+        n_jobs = self._n_jobs()
+        size = max(1, int(self.chunk_size))
+        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        if n_jobs == 1 or len(chunks) == 1:
+            results: Any = (_work(self.embedder, c, self.max_side, stage, False) for c in chunks)
+        else:
+            results = Parallel(n_jobs=n_jobs, return_as="generator")(
+                delayed(_work)(self.embedder, c, self.max_side, stage, True) for c in chunks
+            )
+        with tqdm(total=len(tasks), desc=desc, unit="img", disable=not _show_progress(progress)) as bar:
+            for chunk_items in results:
+                bar.update(len(chunk_items))
+                yield from chunk_items
+
+    @staticmethod
+    def _as_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+        if isinstance(images, (str, os.PathLike)):
+            root = Path(images)
+            paths = list_images(root) if root.is_dir() else [root]
+        else:
+            paths = [Path(p) for p in images]
+        if not paths:
+            raise ValueError(f"no images to index in {images!s}: the folder holds no image files")
+        return paths
+
+    def _fit_on_sample(
+        self, tasks: list[tuple[int, str, BBox | None]], progress: bool | None
+    ) -> tuple[list[_Item], list[tuple[int, str, BBox | None]]]:
+        """Extract a random sample of images, fit the embedder on it; return (sample, rest)."""
+        rng = np.random.default_rng(self.random_state)
+        m = self.embedder.n_fit_images(len(tasks))
+        chosen = set(rng.choice(len(tasks), size=m, replace=False).tolist())
+        sample = [t for j, t in enumerate(tasks) if j in chosen]
+        rest = [t for j, t in enumerate(tasks) if j not in chosen]
+        extracted = list(self._run(sample, "extract", progress, "features (fit sample)"))
+        good = [it for it in extracted if it.error is None]
+        if not good:
+            raise ImageReadError(
+                f"none of the {len(sample)} images sampled to fit {self.embedder.name} could be read"
+            )
+        self.embedder.fit([it.value for it in good])
+        return extracted, rest
+
+    def fit(
+        self,
+        images: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        progress: bool | None = None,
+    ) -> Retriever:
+        """Fit the embedder only (e.g. a vocabulary) on a random sample of ``images``."""
+        paths = self._as_paths(images)
+        self._fit_on_sample([(i, str(p), None) for i, p in enumerate(paths)], progress)
+        return self
+
+    def build(
+        self,
+        images: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        progress: bool | None = None,
+    ) -> Retriever:
+        """Fit the embedder if needed, embed every image and build the index.
+
+        Parameters
+        ----------
+        images : folder or sequence of paths
+            A folder is listed recursively (see :func:`cvretrieval.io.list_images`).
+        progress : bool, optional
+            Show progress bars (default: when standard error is a terminal).
+
+        Returns
+        -------
+        self
+        """
+        paths = self._as_paths(images)
+        t0 = time.perf_counter()
+        self.catalog = Catalog()
+        self._vectors = {}
+        items: list[_Item | None] = [None] * len(paths)
+        tasks = [(i, str(p), None) for i, p in enumerate(paths)]
+        fit_seconds = 0.0
+        if self.embedder.needs_fit:
+            t_fit = time.perf_counter()
+            sample, tasks = self._fit_on_sample(tasks, progress)
+            for it in sample:
+                if it.error is None:
+                    it.value = self.embedder.reduce(it.value)
+                items[it.position] = it
+            fit_seconds = time.perf_counter() - t_fit
+        for it in self._run(tasks, "reduce", progress, "embedding"):
+            items[it.position] = it
+        ok = self._record(paths, items)
+        if not ok:
+            raise ImageReadError(
+                f"none of the {len(paths)} images could be read; first error: {items[0].error if items[0] else '?'}"
+            )
+        self.embedder.fit_corpus([items[i].value for i in ok])  # type: ignore[union-attr]
+        vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
+        t_index = time.perf_counter()
+        self.index = Index(
+            self.index_spec,
+            self.metric,
+            nprobe=self.nprobe,
+            ef_search=self.ef_search,
+            random_state=self.random_state,
+        ).build(vectors)
+        self.ids_ = np.asarray(ok, np.int64)
+        self._vectors = dict(zip(ok, vectors))
+        self._report("build", paths, ok, t0, fit_seconds, time.perf_counter() - t_index)
+        return self
+
+    def add(
+        self,
+        images: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        progress: bool | None = None,
+    ) -> Retriever:
+        """Embed more images with the fitted embedder and append them to the index.
+
+        Images whose path is already in the catalog are skipped (and counted).
+        """
+        if self.index is None:
+            raise NotFittedError("this retriever has no index yet: build it before adding images")
+        t0 = time.perf_counter()
+        known = {str(Path(p).resolve()) for p in self.catalog.paths}
+        paths, duplicates = [], 0
+        for p in self._as_paths(images):
+            key = str(p.resolve())
+            if key in known:
+                duplicates += 1
+                continue
+            known.add(key)
+            paths.append(p)
+        items: list[_Item | None] = [None] * len(paths)
+        tasks = [(i, str(p), None) for i, p in enumerate(paths)]
+        for it in self._run(tasks, "reduce", progress, "embedding"):
+            items[it.position] = it
+        first_id = len(self.catalog)
+        ok = self._record(paths, items)
+        if ok:
+            vectors = self.embedder.encode([items[i - first_id].value for i in ok])  # type: ignore[union-attr]
+            self.index.add(vectors)
+            self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
+            self._vectors.update(zip(ok, vectors))
+        self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
+        return self
+
+    def _record(self, paths: Sequence[Path], items: Sequence[_Item | None]) -> list[int]:
+        """Append catalog entries in input order; return the catalog ids that were embedded."""
+        ok = []
+        for path, it in zip(paths, items):
+            assert it is not None
+            if it.error is None:
+                h, w = (it.shape or (None, None))[:2]
+                e = self.catalog.append(
+                    path=str(path.resolve()), sha1=it.sha1, n_bytes=it.n_bytes, width=w, height=h
+                )
+                ok.append(e.id)
+            else:
+                logger.warning("skipped %s", it.error)
+                self.catalog.append(path=str(path.resolve()), status="failed", error=it.error)
+        return ok
+
+    def _report(self, what: str, paths: Sequence[Path], ok: Sequence[int], t0: float,
+                fit_s: float, index_s: float, duplicates: int = 0) -> None:
+        failed = [
+            {"path": e.path, "error": e.error}
+            for e in self.catalog.entries[len(self.catalog) - len(paths):]
+            if e.status != "ok"
+        ]
+        self.last_run_ = {
+            "operation": what,
+            "images": len(paths),
+            "indexed": len(ok),
+            "skipped": len(failed),
+            "duplicates": duplicates,
+            "failed": failed,
+            "total_indexed": len(self),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "fit_seconds": round(fit_s, 3),
+            "index_seconds": round(index_s, 3),
+        }
+        if failed:
+            logger.warning("%s: %d of %d images could not be read and were skipped", what, len(failed), len(paths))
+
+    # --- searching --------------------------------------------------------------------
+    def embed_queries(
+        self,
+        queries: Sequence[str | os.PathLike | NDArray[np.uint8]],
+        bboxes: Sequence[BBox | None] | None = None,
+        *,
+        progress: bool | None = False,
+    ) -> tuple[NDArray[np.float32], list[int], list[str]]:
+        """Vectors of query images; returns ``(X, rows, errors)``.
+
+        ``X`` has one row per query that could be read (``rows`` says which); ``errors``
+        has one message per query (empty string when fine). A query without a box whose
+        path is in the catalog reuses the vector computed when it was indexed (this session).
+        """
+        self._check_built()
+        bboxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+        if len(bboxes) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(bboxes)} boxes")
+        by_path = {p: i for i, p in enumerate(self.catalog.paths)} if self._vectors else {}
+        vectors: dict[int, NDArray[np.float32]] = {}
+        errors = [""] * len(queries)
+        arrays, tasks = [], []
+        for qi, (q, bb) in enumerate(zip(queries, bboxes)):
+            if isinstance(q, np.ndarray):
+                arrays.append((qi, q, bb))
+                continue
+            cid = by_path.get(str(Path(q).resolve())) if bb is None else None
+            if cid is not None and cid in self._vectors:
+                vectors[qi] = self._vectors[cid]
+            else:
+                tasks.append((qi, str(q), tuple(bb) if bb is not None else None))
+        reduced: dict[int, Any] = {}
+        for it in self._run(tasks, "reduce", progress, "queries"):
+            if it.error is None:
+                reduced[it.position] = it.value
+            else:
+                errors[it.position] = it.error
+        for qi, arr, bb in arrays:
+            try:
+                img = read_image(arr, max_side=self.max_side, bbox=bb)
+                reduced[qi] = self.embedder.reduce(self.embedder.extract(img))
+            except (ImageReadError, ValueError) as exc:
+                errors[qi] = str(exc)
+        if reduced:
+            order = sorted(reduced)
+            enc = self.embedder.encode([reduced[i] for i in order])
+            vectors.update(zip(order, enc))
+        rows = sorted(vectors)
+        X = np.stack([vectors[i] for i in rows]) if rows else np.zeros((0, self.embedder.dim), np.float32)
+        return np.ascontiguousarray(X, np.float32), rows, errors
+
+    def search_vectors(self, X: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Search the index with vectors; ``I`` holds catalog ids (-1 where fewer than k)."""
+        self._check_built()
+        assert self.index is not None
+        D, I_pos = self.index.search(X, k)
+        ids = np.where(I_pos >= 0, self.ids_[np.clip(I_pos, 0, None)], -1)
+        return D, ids.astype(np.int64)
+
+    def search_many(
+        self,
+        queries: Sequence[str | os.PathLike],
+        k: int,
+        bboxes: Sequence[BBox | None] | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[int]]:
+        """Search several query images; returns ``(D, I, failed)``.
+
+        ``I`` is ``(len(queries), k)`` catalog ids (rows of failed queries are all -1);
+        ``failed`` lists the positions of queries that could not be read.
+        """
+        X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
+        k = int(k)
+        D = np.full((len(queries), k), np.nan, np.float32)
+        I = np.full((len(queries), k), -1, np.int64)
+        if rows:
+            d, i = self.search_vectors(X, k)
+            D[rows], I[rows] = d, i
+        failed = [qi for qi, e in enumerate(errors) if e]
+        for qi in failed:
+            logger.warning("query skipped: %s", errors[qi])
+        return D, I, failed
+
+    def search(
+        self,
+        query: str | os.PathLike | NDArray[np.uint8],
+        k: int = 10,
+        bbox: BBox | None = None,
+    ) -> list[Hit]:
+        """Ranked hits for one query image (a path or a decoded RGB array).
+
+        Raises
+        ------
+        ImageReadError
+            When the query cannot be read.
+        """
+        X, rows, errors = self.embed_queries([query], [bbox])
+        if not rows:
+            raise ImageReadError(errors[0])
+        D, I = self.search_vectors(X, k)
+        paths = self.catalog.paths
+        return [
+            Hit(rank=r + 1, id=int(i), path=paths[i], score=float(d))
+            for r, (d, i) in enumerate(zip(D[0], I[0]))
+            if i >= 0
+        ]
+
+    def _check_built(self) -> None:
+        if self.index is None:
+            raise NotFittedError("this retriever is empty: build it (cvret index) before searching")
+
+    # --- persistence ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle folder atomically (a temporary sibling, then a rename)."""
+        self._check_built()
+        assert self.index is not None
+        target = Path(path)
+        if target.exists() and not (target / "manifest.json").is_file():
+            if not target.is_dir() or any(target.iterdir()):
+                raise BundleError(f"{target} exists and is not a cvretrieval bundle: choose another output path")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.embedder.save(tmp / "embedder")
+            self.index.save(tmp)
+            np.save(tmp / "ids.npy", self.ids_)
+            self.catalog.save(tmp / "catalog.sqlite")
+            (tmp / "manifest.json").write_text(json.dumps(self._manifest(), indent=2))
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _manifest(self) -> dict[str, Any]:
+        import cv2
+        import faiss
+
+        assert self.index is not None
+        return {
+            "format": "cvretrieval-bundle",
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {
+                "cvretrieval": __version__,
+                "numpy": np.__version__,
+                "faiss": getattr(faiss, "__version__", "?"),
+                "opencv": cv2.__version__,
+            },
+            "embedder": {**self.embedder.spec(), "dim": self.embedder.dim},
+            "index": self.index.config(),
+            "metric": self.metric,
+            "max_side": self.max_side,
+            "random_state": self.random_state,
+            "counts": {
+                "images": len(self.catalog),
+                "indexed": len(self),
+                "failed": len(self.catalog.failed()),
+            },
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, n_jobs: int = -1) -> Retriever:
+        """Open a bundle folder and check that its parts agree."""
+        root = Path(path)
+        mpath = root / "manifest.json"
+        if not root.is_dir():
+            raise BundleError(f"{root} is not a bundle folder: create one with `cvret index`")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{root} has no manifest.json: it is not a cvretrieval bundle") from None
+        except ValueError as exc:
+            raise BundleError(f"{mpath} is not valid JSON ({exc})") from None
+        if manifest.get("format") != "cvretrieval-bundle":
+            raise BundleError(f"{mpath} is not a cvretrieval bundle manifest")
+        if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{root} has bundle format {manifest.get('format_version')!r}; this cvretrieval "
+                f"reads {BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
+            )
+        embedder = load_embedder(root / "embedder")
+        index = Index.load(root)
+        try:
+            ids = np.load(root / "ids.npy", allow_pickle=False).astype(np.int64)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{root / 'ids.npy'} cannot be read ({exc})") from None
+        catalog = Catalog.load(root / "catalog.sqlite")
+        if index.ntotal != len(ids):
+            raise BundleError(f"{root}: the index holds {index.ntotal} vectors but ids.npy {len(ids)}")
+        if index.d != embedder.dim:
+            raise BundleError(f"{root}: the index has dimension {index.d}, the embedder {embedder.dim}")
+        n_ok = sum(1 for e in catalog if e.status == "ok")
+        if n_ok != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= len(catalog))):
+            raise BundleError(f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree")
+        ret = cls(
+            embedder,
+            index=manifest.get("index", {}).get("spec", "flat"),
+            metric=manifest.get("metric", "ip"),
+            max_side=manifest.get("max_side", 640),
+            n_jobs=n_jobs,
+            random_state=manifest.get("random_state", 0),
+        )
+        ret.index, ret.ids_, ret.catalog = index, ids, catalog
+        return ret

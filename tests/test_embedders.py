@@ -1,0 +1,107 @@
+"""The embedder registry and the classical embedders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cvretrieval.embedders import (
+    BoVWEmbedder,
+    HOGEmbedder,
+    available_embedders,
+    load_embedder,
+    make_embedder,
+    parse_spec,
+)
+from cvretrieval.errors import BundleError, NotFittedError
+
+
+def test_spec_strings_select_embedders():
+    assert isinstance(make_embedder("hog"), HOGEmbedder)
+    emb = make_embedder("bovw-orb", n_words=64)
+    assert isinstance(emb, BoVWEmbedder) and emb.detector == "orb" and emb.n_words == 64
+    assert make_embedder("BoVW-SIFT").detector == "sift"
+    assert parse_spec("bovw-rootsift") == ("bovw", {"detector": "rootsift"})
+
+
+def test_registry_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown embedder 'nope'.*hog"):
+        make_embedder("nope")
+    with pytest.raises(ValueError, match="does not take n_words"):
+        make_embedder("hog", n_words=10)
+    with pytest.raises(ValueError, match="implies detector='orb'"):
+        make_embedder("bovw-orb", detector="sift")
+    assert "hog" in available_embedders()
+
+
+def test_none_parameters_are_ignored():
+    assert make_embedder("bovw", n_words=None).n_words == 1000
+
+
+def test_hog_embeds_unit_rows(make_textured):
+    X = HOGEmbedder().embed([make_textured(0), make_textured(1)])
+    assert X.shape == (2, 8100) and X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-5)
+
+
+def test_bovw_needs_fit_before_embedding(make_textured):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        BoVWEmbedder(n_words=8).embed([make_textured(0)])
+
+
+@pytest.mark.parametrize("detector", ["orb", "sift"])
+def test_bovw_fit_embed_save_load_round_trip(tmp_path, make_textured, detector):
+    images = [make_textured(i) for i in range(6)]
+    emb = BoVWEmbedder(detector=detector, n_words=16, n_features=200, random_state=0)
+    feats = [emb.extract(im) for im in images]
+    emb.fit(feats)
+    reduced = [emb.reduce(f) for f in feats]
+    emb.fit_corpus(reduced)
+    X = emb.encode(reduced)
+    assert X.shape == (6, 16) and X.dtype == np.float32
+    norms = np.linalg.norm(X, axis=1)
+    # unit rows; a row can only be zero when every word of the image is in every image (idf 0)
+    assert np.isclose(norms, 1.0, rtol=1e-5).sum() >= 5
+    assert np.all(np.isclose(norms, 1.0, rtol=1e-5) | (norms == 0))
+    # the same image embeds identically through embed()
+    np.testing.assert_allclose(emb.embed([images[2]])[0], X[2], rtol=1e-6)
+    emb.save(tmp_path / "emb")
+    meta = json.loads((tmp_path / "emb" / "embedder.json").read_text())
+    assert meta["name"] == "bovw" and meta["params"]["detector"] == detector
+    again = load_embedder(tmp_path / "emb")
+    np.testing.assert_array_equal(again.embed(images), emb.embed(images))
+
+
+def test_bovw_idf_down_weights_words_in_every_image():
+    emb = BoVWEmbedder(n_words=4)
+    emb.vocabulary_ = object()  # only the corpus statistics are exercised here
+    words = [np.array([0, 1], np.uint32), np.array([0, 2], np.uint32), np.array([0, 3], np.uint32)]
+    emb.fit_corpus(words)
+    X = emb.encode(words)
+    # word 0 is in every image, so it must weigh less than the image's own rare word
+    assert (X[:, 0] < X[np.arange(3), [1, 2, 3]]).all()
+
+
+def test_load_embedder_errors(tmp_path):
+    with pytest.raises(BundleError, match="embedder.json is missing"):
+        load_embedder(tmp_path)
+    (tmp_path / "embedder.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_embedder(tmp_path)
+    (tmp_path / "embedder.json").write_text(json.dumps({"format_version": 99, "name": "hog", "params": {}}))
+    with pytest.raises(BundleError, match="format_version 99"):
+        load_embedder(tmp_path)
+
+
+def test_external_vocabulary_must_match_the_detector(tmp_path, make_textured):
+    from cvretrieval.features.vocabulary import save_vocabulary
+
+    emb = BoVWEmbedder(detector="orb", n_words=8, n_features=200)
+    emb.fit([emb.extract(make_textured(i)) for i in range(3)])
+    save_vocabulary(emb.vocabulary_, tmp_path / "v")
+    with pytest.raises(BundleError, match="orb descriptors.*sift"):
+        BoVWEmbedder(detector="sift", vocabulary=str(tmp_path / "v"))
+    ok = BoVWEmbedder(detector="orb", n_words=999, vocabulary=str(tmp_path / "v"))
+    assert not ok.needs_fit and ok.n_words == 8
