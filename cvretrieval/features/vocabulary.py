@@ -243,6 +243,17 @@ class _VocabularyBase(BaseEstimator):
     binary: bool = False
     kind: str = ""
 
+    def _check_shape(self, x: NDArray[Any]) -> NDArray[Any]:
+        """``(n, dim)`` descriptors; an empty 1-D array becomes ``(0, dim)``."""
+        if x.ndim == 1 and x.size == 0:
+            x = x.reshape(0, self.dim)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"descriptors must have shape (n, {self.dim}) to match the vocabulary, "
+                f"got {x.shape}"
+            )
+        return x
+
     def _check_fitted(self) -> None:
         if getattr(self, "centers_", None) is None:
             raise NotFittedError(
@@ -433,13 +444,7 @@ class KMeansVocabulary(_VocabularyBase):
 
     def _prepare(self, descriptors: Any) -> NDArray[np.float32]:
         x = np.asarray(descriptors)
-        if x.ndim == 1 and x.size == 0:
-            x = x.reshape(0, self.dim)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"descriptors must have shape (n, {self.dim}) to match the vocabulary, "
-                f"got {x.shape}"
-            )
+        x = self._check_shape(x)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def _build_index(self) -> Any:
@@ -596,13 +601,7 @@ class HammingVocabulary(_VocabularyBase):
 
     def _prepare(self, descriptors: Any) -> NDArray[np.uint8]:
         x = self._as_binary(descriptors)
-        if x.ndim == 1 and x.size == 0:
-            x = x.reshape(0, self.dim)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"descriptors must have shape (n, {self.dim}) to match the vocabulary, "
-                f"got {x.shape}"
-            )
+        x = self._check_shape(x)
         return np.ascontiguousarray(x, dtype=np.uint8)
 
     def _build_index(self) -> Any:
