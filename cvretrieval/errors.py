@@ -33,3 +33,7 @@ class DatasetError(CVRetrievalError, ValueError):
 
 class MissingExtraError(CVRetrievalError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ModelError(CVRetrievalError, ValueError):
+    """A model file is missing, is not a model, or does not fit the embedder's options."""

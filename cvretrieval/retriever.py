@@ -32,6 +32,7 @@ from .catalog import Catalog
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, ImageReadError, NotFittedError
 from .index import Index
+from .features.local import LocalFeatures, load_features, save_features
 from .io import list_images, read_bytes_and_image, read_image
 
 logger = logging.getLogger(__name__)
@@ -72,18 +73,33 @@ def _limit_worker_threads() -> None:
     cv2.setNumThreads(1)
 
 
+def _cache_file(cache: tuple[Path, str] | None, sha1: str | None, max_side: int | None) -> Path | None:
+    """Where the extracted features of an image with content hash ``sha1`` are cached."""
+    if cache is None or sha1 is None:
+        return None
+    root, key = cache
+    return root / f"{key}-s{max_side or 0}" / sha1[:2] / f"{sha1}.npz"
+
+
 def _work(
     embedder: Embedder,
     tasks: Sequence[tuple[int, str, BBox | None]],
     max_side: int | None,
     stage: str,
     in_worker: bool,
+    cache: tuple[Path, str] | None = None,
 ) -> list[_Item]:
-    """Decode, extract and (for ``stage == "reduce"``) reduce a chunk of images."""
+    """Decode, extract and (for ``stage == "reduce"``) reduce a chunk of images.
+
+    With ``cache = (folder, key)``, extracted local features are read from and written to
+    ``folder`` keyed by the image's content hash, so several embedders that extract the same
+    features (``bovw-sift``, ``vlad-sift``) do it once.
+    """
     if in_worker:
         _limit_worker_threads()
     items: list[_Item] = []
     images = []
+    extracted: dict[int, Any] = {}
     for position, path, bbox in tasks:
         try:
             if bbox is None:
@@ -94,10 +110,17 @@ def _work(
             items.append(_Item(position, None, None, None, error=str(exc)))
             continue
         items.append(_Item(position, sha1, n_bytes, tuple(image.shape)))
+        cached = _cache_file(cache, sha1, max_side)
+        if cached is not None and cached.exists():
+            try:
+                extracted[len(items) - 1] = load_features(cached)
+                continue
+            except (OSError, ValueError, KeyError):
+                logger.debug("unreadable cache file %s: extracting again", cached)
         images.append((len(items) - 1, image))
     try:
-        extracted = embedder.extract_batch([im for _, im in images])
-        pairs = list(zip([i for i, _ in images], extracted))
+        fresh = embedder.extract_batch([im for _, im in images])
+        pairs = list(zip([i for i, _ in images], fresh))
     except Exception:  # one bad image must not sink the chunk: retry one by one
         pairs = []
         for i, im in images:
@@ -106,6 +129,14 @@ def _work(
             except Exception as exc:
                 items[i].error = f"cannot extract features from {tasks[i][1]}: {exc}"
     for i, feats in pairs:
+        cached = _cache_file(cache, items[i].sha1, max_side)
+        if cached is not None and isinstance(feats, LocalFeatures):
+            try:
+                save_features(cached, feats)
+            except OSError as exc:
+                logger.debug("cannot cache features in %s: %s", cached, exc)
+        extracted[i] = feats
+    for i, feats in sorted(extracted.items()):
         try:
             items[i].value = embedder.reduce(feats) if stage == "reduce" else feats
         except Exception as exc:
@@ -141,6 +172,10 @@ class Retriever:
         Search-time parameters of IVF and HNSW indexes.
     random_state : int, default 0
         Seeds the choice of images the embedder is fitted on and the index training.
+    feature_cache : path, optional
+        A folder where extracted local features are cached by image content hash, so
+        embedders extracting the same features (``bovw-sift`` then ``vlad-sift``) share
+        the work; ``cvret bench`` uses it. Not part of the saved bundle.
 
     Examples
     --------
@@ -161,6 +196,7 @@ class Retriever:
         nprobe: int | None = None,
         ef_search: int | None = None,
         random_state: int = 0,
+        feature_cache: str | os.PathLike | None = None,
     ) -> None:
         self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
         self.index_spec = index
@@ -171,6 +207,7 @@ class Retriever:
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.random_state = random_state
+        self.feature_cache = feature_cache
         self.index: Index | None = None
         self.catalog = Catalog()
         self.ids_ = np.zeros(0, np.int64)  # index position -> catalog id
@@ -217,13 +254,17 @@ class Retriever:
         if not tasks:
             return
         n_jobs = self._n_jobs()
+        key = self.embedder.extract_cache_key
+        cache = (Path(self.feature_cache), key) if self.feature_cache and key else None
         size = max(1, int(self.chunk_size))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         if n_jobs == 1 or len(chunks) == 1:
-            results: Any = (_work(self.embedder, c, self.max_side, stage, False) for c in chunks)
+            results: Any = (
+                _work(self.embedder, c, self.max_side, stage, False, cache) for c in chunks
+            )
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_work)(self.embedder, c, self.max_side, stage, True) for c in chunks
+                delayed(_work)(self.embedder, c, self.max_side, stage, True, cache) for c in chunks
             )
         with tqdm(total=len(tasks), desc=desc, unit="img", disable=not _show_progress(progress)) as bar:
             for chunk_items in results:
@@ -290,6 +331,9 @@ class Retriever:
         self
         """
         paths = self._as_paths(images)
+        validate = getattr(self.embedder, "validate", None)
+        if callable(validate):  # a missing model fails once, not once per image
+            validate()
         t0 = time.perf_counter()
         self.catalog = Catalog()
         self._vectors = {}

@@ -90,7 +90,8 @@ def test_load_embedder_errors(tmp_path):
     (tmp_path / "embedder.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_embedder(tmp_path)
-    (tmp_path / "embedder.json").write_text(json.dumps({"format_version": 99, "name": "hog", "params": {}}))
+    meta = {"format_version": 99, "name": "hog", "params": {}}
+    (tmp_path / "embedder.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="format_version 99"):
         load_embedder(tmp_path)
 
@@ -105,3 +106,108 @@ def test_external_vocabulary_must_match_the_detector(tmp_path, make_textured):
         BoVWEmbedder(detector="sift", vocabulary=str(tmp_path / "v"))
     ok = BoVWEmbedder(detector="orb", n_words=999, vocabulary=str(tmp_path / "v"))
     assert not ok.needs_fit and ok.n_words == 8
+
+
+# --------------------------------------------------------------------------- the registry
+def test_model_specs_keep_the_path_after_the_first_colon():
+    path = "C:/Models/My Net.onnx"
+    assert parse_spec("onnx:" + path) == ("onnx", {"model_path": path})
+    assert parse_spec(" TFLite:/a/B.tflite") == ("tflite", {"model_path": "/a/B.tflite"})
+    assert parse_spec("torchscript:net.pt") == ("torchscript", {"model_path": "net.pt"})
+    assert parse_spec("siamese:runs/best") == ("siamese", {"model_dir": "runs/best"})
+    assert parse_spec("vlad-sift") == ("vlad", {"detector": "sift"})
+    assert parse_spec("bovw-orb") == ("bovw", {"detector": "orb"})
+    with pytest.raises(ValueError, match="names no file: write tflite:PATH"):
+        parse_spec("tflite:")
+    with pytest.raises(ValueError, match="needs model_path: write onnx:PATH"):
+        make_embedder("onnx")
+    with pytest.raises(ValueError, match="unknown embedder 'resnet:x.onnx'.*onnx:PATH"):
+        make_embedder("resnet:x.onnx")
+
+
+def test_vlad_family_takes_a_detector_suffix():
+    vlad = pytest.importorskip("cvretrieval.embedders.vlad", reason="no VLAD embedder here")
+    emb = make_embedder("vlad-sift", n_words=8)
+    assert isinstance(emb, vlad.VLADEmbedder) and emb.detector == "sift" and emb.n_words == 8
+
+
+def test_available_embedders_lists_every_builtin_with_a_status():
+    table = available_embedders()
+    assert {"hog", "bovw", "vlad", "onnx", "tflite", "torchscript", "siamese"} <= set(table)
+    assert table["hog"] == "ok (built-in)"
+    for name, status in table.items():
+        assert status.startswith(("ok (", "unavailable: ")), (name, status)
+
+
+def test_a_missing_lazy_module_only_disables_that_embedder(monkeypatch):
+    from cvretrieval.embedders import LAZY_BUILTINS, LazyEntry
+
+    monkeypatch.setitem(LAZY_BUILTINS, "ghost", LazyEntry("cvretrieval.embedders.ghost", "Ghost"))
+    assert "not part of this installation" in available_embedders()["ghost"]
+    assert available_embedders()["hog"] == "ok (built-in)"
+    with pytest.raises(ValueError, match="'ghost' is not available"):
+        make_embedder("ghost")
+
+
+PLUGIN = '''
+import numpy as np
+from cvretrieval.embedders.base import Embedder
+
+
+class Echo(Embedder):
+    name = "echo"
+
+    def __init__(self, size=4):
+        self.size = size
+
+    @property
+    def dim(self):
+        return self.size
+
+    def extract(self, image):
+        return np.full(self.size, float(image.mean()), np.float32)
+
+    def encode(self, reduced):
+        return np.stack(reduced)
+
+
+class FileEcho(Echo):
+    name = "fileecho"
+    path_param = "source"
+
+    def __init__(self, source, size=4):
+        self.source = source
+        self.size = size
+'''
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """An installed distribution 'h3plug' declaring entry points in group cvretrieval.embedders."""
+    (tmp_path / "h3plug.py").write_text(PLUGIN)
+    info = tmp_path / "h3plug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: h3plug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[cvretrieval.embedders]\necho = h3plug:Echo\nfileecho = h3plug:FileEcho\n"
+        "broken = h3plug_missing:Nope\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_entry_point_plugins(plugin_dist, tmp_path):
+    emb = make_embedder("echo", size=3)
+    assert type(emb).__name__ == "Echo" and emb.dim == 3
+    assert type(make_embedder("h3plug:echo")).__name__ == "Echo"  # distribution:name
+    with_path = make_embedder("fileecho:/data/list.txt", size=2)
+    assert with_path.source == "/data/list.txt" and with_path.size == 2
+    table = available_embedders()
+    assert table["echo"] == "ok (h3plug:Echo)"
+    assert table["broken"].startswith("unavailable: ModuleNotFoundError")
+    assert "h3plug:echo" not in table  # aliases are not listed twice
+    emb.save(tmp_path / "saved")
+    again = load_embedder(tmp_path / "saved")
+    image = np.full((4, 4, 3), 10, np.uint8)
+    assert type(again).__name__ == "Echo" and again.size == 3
+    np.testing.assert_array_equal(again.embed([image]), [[10.0, 10.0, 10.0]])

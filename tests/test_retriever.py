@@ -197,3 +197,33 @@ def test_build_is_reproducible(gallery):
         return Retriever(emb, n_jobs=1, random_state=3).build(gallery).embedder.vocabulary_.centers_
 
     np.testing.assert_array_equal(run(), run())
+
+
+def test_feature_cache_is_shared_between_embedders(tmp_path, make_textured):
+    """A second embedder with the same detector reads the cached features: same vectors,
+    and it works even when extraction itself is made impossible."""
+    import cv2
+
+    from cvretrieval.embedders import make_embedder
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), make_textured(i))
+    cache = tmp_path / "cache"
+    a = Retriever(make_embedder("bovw-orb", n_words=8, n_features=200), n_jobs=1,
+                  feature_cache=cache).build(folder, progress=False)
+    files = list(cache.rglob("*.npz"))
+    assert len(files) == 6
+    emb = make_embedder("bovw-orb", n_words=8, n_features=200)
+
+    def refuse(image):  # every image must come from the cache
+        raise AssertionError("extract called although the features are cached")
+
+    emb.extract = refuse
+    emb.extract_batch = lambda images: [refuse(im) for im in images]
+    b = Retriever(emb, n_jobs=1, feature_cache=cache).build(folder, progress=False)
+    assert b.last_run_["indexed"] == 6
+    va = np.stack([a._vectors[i] for i in range(6)])
+    vb = np.stack([b._vectors[i] for i in range(6)])
+    np.testing.assert_allclose(va, vb, atol=1e-6)

@@ -79,6 +79,12 @@ class Embedder:
         """How many images ``fit`` wants to see out of ``n_total`` (a random sample)."""
         return n_total
 
+    @property
+    def extract_cache_key(self) -> str | None:
+        """A name for what ``extract`` computes when it is worth caching on disk and
+        shareable between embedders (e.g. ``"sift-n1000"``), else ``None``."""
+        return None
+
     def extract(self, image: NDArray[np.uint8]) -> Any:
         raise NotImplementedError
 

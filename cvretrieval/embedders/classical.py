@@ -109,6 +109,10 @@ class LocalFeatureEmbedder(Embedder):
         wanted = max(50, math.ceil(2 * self.max_descriptors / max(self.n_features, 1)))
         return min(n_total, wanted)
 
+    @property
+    def extract_cache_key(self) -> str:
+        return f"{self.detector}-n{self.n_features}"
+
     def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
         return self._extractor.extract(image)
 

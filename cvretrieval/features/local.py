@@ -17,7 +17,9 @@ References
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -69,6 +71,31 @@ class LocalFeatures:
         dtype = np.uint8 if binary else np.float32
         z = np.zeros(0, np.float32)
         return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), z, z.copy(), image_shape)
+
+
+def save_features(path: str | os.PathLike[str], features: LocalFeatures) -> None:
+    """Write ``features`` to an ``.npz`` file (no pickle), atomically (temporary + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        keypoints=features.keypoints,
+        descriptors=features.descriptors,
+        scales=features.scales,
+        angles=features.angles,
+        image_shape=np.asarray(features.image_shape, np.int64),
+    )
+    os.replace(tmp, path)
+
+
+def load_features(path: str | os.PathLike[str]) -> LocalFeatures:
+    """Read what :func:`save_features` wrote."""
+    with np.load(path, allow_pickle=False) as z:
+        shape = tuple(int(v) for v in z["image_shape"])
+        return LocalFeatures(
+            z["keypoints"], z["descriptors"], z["scales"], z["angles"], (shape[0], shape[1])
+        )
 
 
 def _create(name: str, n_features: int) -> cv2.Feature2D:
