@@ -34,6 +34,12 @@ _EXPORTS = {
     "extract_local_features": "features.local",
     "LocalFeatures": "features.local",
     "hog": "features.hog",
+    "fetch_dataset": "fetch",
+    "check_dataset": "datasets",
+    "evaluate_vectors": "evaluation",
+    "load_vectors_npz": "evaluation",
+    "write_report": "report",
+    "make_copies": "copies",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -23,7 +23,8 @@ from .errors import CVRetrievalError
 
 logger = logging.getLogger("cvretrieval")
 
-FEATURE_HELP = "Embedder: hog, bovw, bovw-orb, bovw-sift, bovw-rootsift, ... (see `cvret embedders`)."
+FEATURE_HELP = ("Embedder: hog, bovw[-DET], vlad[-DET], onnx:MODEL, tflite:MODEL, "
+                "torchscript:MODEL, siamese:DIR, or a plug-in (see `cvret embedders`).")
 
 
 # --- shared options ---------------------------------------------------------------------
@@ -87,9 +88,9 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--features", "features", default="bovw", show_default=True, help=FEATURE_HELP),
         click.option("--detector", type=click.Choice(["sift", "rootsift", "orb", "akaze", "brisk"]),
-                     default=None, help="Local detector for bovw (default sift)."),
+                     default=None, help="Local detector for bovw/vlad (default sift / rootsift)."),
         click.option("--words", "n_words", type=click.IntRange(2), default=None,
-                     help="Vocabulary size for bovw (default 1000)."),
+                     help="Vocabulary size for bovw/vlad (default 1000 / 64)."),
         click.option("--n-features", type=click.IntRange(1), default=None,
                      help="Key points per image (default 1000)."),
         click.option("--max-descriptors", type=click.IntRange(1), default=None,
@@ -104,32 +105,64 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS",
                      help="Worker processes (-1 = all cores)."),
         click.option("--random-state", type=int, default=0, show_default=True),
+        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Any other embedder parameter, e.g. --param pooling=gem --param "
+                          "input_size=224 (repeatable; see `cvret embedders`)."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--param KEY=VALUE`` pairs; values are read as JSON when they parse, else as text."""
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key.strip().replace("-", "_")] = json.loads(raw)
+        except ValueError:
+            params[key.strip().replace("-", "_")] = raw
+    return params
+
+
+def _make_embedder(features: str, detector: str | None, n_words: int | None,
+                   n_features: int | None, max_descriptors: int | None, vocab_dir: Path | None,
+                   random_state: int, params: tuple[str, ...] = ()) -> Any:
+    """An embedder from the command's options: only the options given are passed on, so the
+    embedder's own defaults apply and an option it does not take is a one-line error."""
+    import inspect
+
+    from .embedders import embedder_class, make_embedder, parse_spec
+
+    given: dict[str, Any] = {"detector": detector, "n_words": n_words, "n_features": n_features,
+                             "max_descriptors": max_descriptors,
+                             "vocabulary": str(vocab_dir) if vocab_dir else None}
+    given.update(_parse_params(params))
+    name, _ = parse_spec(features)
+    accepted = inspect.signature(embedder_class(name).__init__).parameters
+    if "random_state" in accepted and "random_state" not in given:
+        given["random_state"] = random_state
+    flags = {"detector": "--detector", "n_words": "--words", "n_features": "--n-features",
+             "max_descriptors": "--max-descriptors", "vocabulary": "--vocab"}
+    unused = [flags[k] for k, v in given.items() if v is not None and k in flags and k not in accepted]
+    if unused:
+        raise click.UsageError(f"{', '.join(unused)} do not apply to {features!r} features")
+    return make_embedder(features, **given)
+
+
 def _make_retriever(features: str, detector: str | None, n_words: int | None, n_features: int | None,
                     max_descriptors: int | None, vocab_dir: Path | None, index_spec: str, metric: str,
-                    max_side: int, n_jobs: int, random_state: int) -> Any:
-    from .embedders import make_embedder
+                    max_side: int, n_jobs: int, random_state: int, params: tuple[str, ...] = (),
+                    **extra: Any) -> Any:
     from .retriever import Retriever
 
-    params: dict[str, Any] = {}
-    if features.lower().startswith("bovw"):
-        params = {"detector": detector, "n_words": n_words, "n_features": n_features,
-                  "max_descriptors": max_descriptors, "random_state": random_state,
-                  "vocabulary": str(vocab_dir) if vocab_dir else None}
-    else:
-        given = {"--detector": detector, "--words": n_words, "--n-features": n_features,
-                 "--vocab": vocab_dir, "--max-descriptors": max_descriptors}
-        used = [name for name, value in given.items() if value is not None]
-        if used:
-            raise click.UsageError(f"{', '.join(used)} only apply to bovw features, not {features!r}")
-    embedder = make_embedder(features, **params)
+    embedder = _make_embedder(features, detector, n_words, n_features, max_descriptors, vocab_dir,
+                              random_state, params)
     return Retriever(embedder, index=index_spec, metric=metric, max_side=max_side, n_jobs=n_jobs,
-                     random_state=random_state)
+                     random_state=random_state, **extra)
 
 
 def _print_failures(out: Output, run: dict[str, Any]) -> None:
@@ -241,27 +274,216 @@ def search_cmd(bundle: Path, query: Path, k: int, bbox: str | None, out: Output)
     out.result([{"rank": h.rank, "path": h.path, "score": h.score} for h in hits])
 
 
+def _write_report(out: Output, result: dict[str, Any], data: Any, report_dir: Path | None,
+                  report_png: Path | None) -> None:
+    if report_dir is None:
+        if report_png is not None:
+            raise click.UsageError("--report-png needs --report DIR")
+        return
+    from .report import write_report
+
+    page = write_report(result, data, report_dir)
+    out.text(f"report: {page}")
+    if report_png is not None:
+        from .render import render_html_to_png
+
+        out.text(f"report image: {render_html_to_png(page, report_png)}")
+
+
+report_options = [
+    click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+                 default=None, help="Write an HTML report (index.html) into this folder."),
+    click.option("--report-png", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="Also render the report to this PNG (needs Chromium)."),
+]
+
+
+def _stack(options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 @main.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True))
 @click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
 @click.option("-k", "k", type=click.IntRange(1), default=None, help="Rank only the top k (default: all).")
+@click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None,
+              help="Revisited Oxford/Paris protocol (default medium; E/M/H are all reported).")
+@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where images extracted from TFRecords go.")
+@click.option("--vectors", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Score precomputed embeddings (.npz with gallery, queries[, metric]) instead of "
+                   "building a retriever.")
+@_stack(report_options)
 @embedder_options
 @common_options
-def eval_cmd(dataset: Path, fmt: str | None, k: int | None, out: Output, **options: Any) -> None:
-    """Build a retriever on DATASET's gallery and score its queries (mAP, P@k, N-S, ...)."""
+def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None,
+             data_cache: Path | None, vectors: Path | None, report_dir: Path | None,
+             report_png: Path | None, out: Output, **options: Any) -> None:
+    """Score DATASET's queries against its gallery (mAP, P@k, N-S, ...).
+
+    Builds a retriever with the given features, or scores the precomputed --vectors of any
+    model (a Keras, TensorFlow or PyTorch model trained elsewhere).
+    """
     from .datasets import load_dataset
     from .evaluation import evaluate, format_metrics_table
 
-    data = load_dataset(dataset, format=fmt)
-    ret = _make_retriever(**options)
-    ret.build(data.image_paths(), progress=out.progress)
-    _print_failures(out, ret.last_run_)
-    report = evaluate(ret, data, k=k, progress=out.progress)
-    report["build"] = {key: v for key, v in ret.last_run_.items() if key != "failed"}
-    out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, "
-             f"features {options['features']}, index {options['index_spec']}")
+    data = load_dataset(dataset, format=fmt, protocol=protocol, cache_dir=data_cache)
+    if vectors is not None:
+        from .evaluation import evaluate_vectors, load_vectors_npz
+
+        gallery, queries, metric = load_vectors_npz(vectors, data)
+        report = evaluate_vectors(gallery, queries, data, metric=metric or options["metric"], k=k,
+                                  source=str(vectors))
+        what = f"vectors {vectors}"
+    else:
+        ret = _make_retriever(**options)
+        ret.build(data.image_paths(), progress=out.progress)
+        _print_failures(out, ret.last_run_)
+        report = evaluate(ret, data, k=k, progress=out.progress)
+        report["build"] = {key: v for key, v in ret.last_run_.items() if key != "failed"}
+        what = f"features {options['features']}, index {options['index_spec']}"
+    out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, {what}")
     out.text(format_metrics_table(report["metrics"]))
+    _write_report(out, report, data, report_dir, report_png)
     out.result(report)
+
+
+@main.command("bench")
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True))
+@click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
+@click.option("--features", "feature_list", default="hog,bovw-orb,bovw-sift", show_default=True,
+              help="Comma-separated embedder specs to compare.")
+@click.option("--index", "index_spec", default="flat", show_default=True)
+@click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True)
+@click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
+@click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
+@click.option("--random-state", type=int, default=0, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep extracted local features here (default: a temporary folder, removed).")
+@common_options
+def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str, metric: str,
+              max_side: int, n_jobs: int, random_state: int, cache_dir: Path | None,
+              out: Output) -> None:
+    """Evaluate several embedders on DATASET in one run: one table of quality and seconds.
+
+    Local features are extracted once per detector and shared between configurations
+    (bovw-sift and vlad-sift reuse the same SIFT key points).
+    """
+    import tempfile
+
+    from .bench import run_bench
+    from .datasets import load_dataset
+
+    data = load_dataset(dataset, format=fmt)
+    specs = [f.strip() for f in feature_list.split(",") if f.strip()]
+    with tempfile.TemporaryDirectory(prefix="cvret-bench-") as tmp:
+        result = run_bench(data, specs, index=index_spec, metric=metric, max_side=max_side,
+                           n_jobs=n_jobs, random_state=random_state,
+                           feature_cache=cache_dir or Path(tmp), progress=out.progress)
+    out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, "
+             f"index {index_spec}")
+    out.text(result["table"])
+    out.result(result)
+
+
+@main.group("datasets")
+def datasets_group() -> None:
+    """Data sets: check a layout, download a public benchmark, make a copy-detection set."""
+
+
+@datasets_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
+@click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
+@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where images extracted from TFRecords go.")
+@click.option("--no-decode", is_flag=True,
+              help="Parse image headers only instead of decoding every image (faster).")
+@click.option("--no-duplicates", is_flag=True, help="Skip the content-hash duplicate search.")
+@common_options
+def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache: Path | None,
+                   no_decode: bool, no_duplicates: bool, out: Output) -> None:
+    """Validate and summarise the data set at PATH (any supported layout)."""
+    from .datasets import check_dataset, format_check
+
+    report = check_dataset(path, format=fmt, decode=not no_decode, protocol=protocol,
+                           cache_dir=data_cache, duplicates=not no_duplicates,
+                           progress=out.progress)
+    out.text(format_check(report))
+    out.result(report)
+
+
+@datasets_group.command("list")
+@common_options
+def datasets_list(out: Output) -> None:
+    """The public benchmarks `cvret datasets fetch` can download."""
+    from .fetch import list_datasets
+
+    rows = list_datasets()
+    for r in rows:
+        verified = "checksum" if r.get("verified") else "no published checksum"
+        out.text(f"{r['name']:<12} {r.get('approx_size', '?'):>8}  {r.get('title', '')} ({verified})")
+    out.result(rows)
+
+
+@datasets_group.command("fetch")
+@click.argument("name")
+@click.option("--to", "to", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder to download and extract into.")
+@click.option("--base-url", default=None, envvar="CVRET_FETCH_BASE_URL",
+              help="Fetch from a mirror with the same paths (env CVRET_FETCH_BASE_URL).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Accept files that have no published checksum (their hash is recorded).")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives.")
+@click.option("--force", is_flag=True, help="Download and extract again.")
+@common_options
+def datasets_fetch(name: str, to: Path, base_url: str | None, allow_unverified: bool,
+                   keep_archives: bool, force: bool, out: Output) -> None:
+    """Download the public benchmark NAME (see `cvret datasets list`) into --to."""
+    from .fetch import fetch_dataset
+
+    path = fetch_dataset(name, to, base_url=base_url, progress=out.progress is not False,
+                         allow_unverified=allow_unverified, keep_archives=keep_archives,
+                         force=force)
+    out.text(f"{name} is ready: cvret eval {path}")
+    out.result({"name": name, "path": str(path)})
+
+
+@datasets_group.command("make-copies")
+@click.argument("photos", type=click.Path(path_type=Path, exists=True))
+@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--queries", "n_queries", type=click.IntRange(1), default=None,
+              help="Photos used as queries (default: all not used as distractors).")
+@click.option("--copies", "copies_per_query", type=click.IntRange(1), default=4, show_default=True,
+              help="Attacked copies per query.")
+@click.option("--distractors", "n_distractors", type=click.IntRange(0), default=None,
+              help="Photos used as distractors (default: all not used as queries).")
+@click.option("--attacks", default="crop,rotate,perspective,photometric,jpeg", show_default=True)
+@click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@common_options
+def datasets_make_copies(photos: Path, output: Path, n_queries: int | None, copies_per_query: int,
+                         n_distractors: int | None, attacks: str, max_side: int, seed: int,
+                         out: Output) -> None:
+    """Build a Copydays-style benchmark from PHOTOS into OUTPUT (copies, distractors, gt.json)."""
+    from .copies import make_copies
+    from .io import list_images
+
+    paths = list_images(photos) if photos.is_dir() else [photos]
+    if not paths:
+        raise click.ClickException(f"no images under {photos}")
+    gt = make_copies(paths, output, n_queries=n_queries, copies_per_query=copies_per_query,
+                     n_distractors=n_distractors,
+                     attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+                     max_side=max_side, seed=seed)
+    info = json.loads((output / "copies.json").read_text())
+    out.text(f"wrote {gt}: evaluate it with `cvret eval {gt}`")
+    out.result({"gt": str(gt), **info})
 
 
 @main.command("embedders")

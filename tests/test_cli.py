@@ -129,7 +129,7 @@ def test_errors_are_one_line(tmp_path):
     assert res.exit_code == 1 and "manifest.json" in res.output
     res = run("index", tmp_path / "empty", "-o", tmp_path / "b", "--features", "hog", "--words", "5",
               ok=False)
-    assert res.exit_code == 2 and "only apply to bovw" in res.output
+    assert res.exit_code == 2 and "do not apply to" in res.output
 
 
 def test_verbose_shows_the_traceback(tmp_path):

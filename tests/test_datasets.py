@@ -244,3 +244,30 @@ def test_caltech_real(caltech_dir):
     assert len(sizes) == 51
     for i, g in enumerate(ds.gnd):
         assert len(g["ok"]) == sizes[classes[i]] - 1
+
+
+# --------------------------------------------------------------------------- protocols
+def test_protocols_round_trip_and_validation(tmp_path):
+    easy = [{"ok": [0], "junk": [1]}, {"ok": [1], "junk": []}]
+    hard = [{"ok": [1], "junk": [0], "bbx": [0, 0, 4, 4]}, {"ok": [], "junk": [1]}]
+    ds = RetrievalDataset(
+        tmp_path,
+        ["a.png", "b.png"],
+        ["q.png", "r.png"],
+        easy,
+        protocols={"easy": easy, "hard": hard},
+        protocol="easy",
+    )
+    out = tmp_path / "gt.json"
+    ds.to_json(out)
+    back = load_dataset(out, protocol="hard")
+    assert back.protocol == "hard" and set(back.protocols) == {"easy", "hard"}
+    assert [g["ok"] for g in back.gnd] == [[1], []]
+    assert back.query_bboxes()[0] == (0.0, 0.0, 4.0, 4.0)
+    assert load_dataset(out).protocol == "easy"  # the file's choice by default
+    with pytest.raises(DatasetError, match=r"protocols\['hard'\]\[0\]\['ok'\] holds index 5"):
+        RetrievalDataset(tmp_path, ["a"], ["q"], [{"ok": [0]}], protocols={"hard": [{"ok": [5]}]})
+    with pytest.raises(DatasetError, match="not one of the data set's protocols"):
+        RetrievalDataset(tmp_path, ["a"], ["q"], [{"ok": [0]}], protocol="medium")
+    with pytest.raises(DatasetError, match="no protocol 'hard'"):
+        load_dataset(write_json(tmp_path / "p" / "gt.json", GOOD), protocol="hard")

@@ -20,11 +20,17 @@ from cvretrieval.evaluation import (
     compute_map,
     compute_metrics,
     evaluate,
+    evaluate_vectors,
     first_relevant_rank,
     format_metrics_table,
+    gldv2_map_at_100,
+    interpolated_precision,
+    load_vectors_npz,
+    mean_pr_curve,
     ns_score,
     precision_at_k,
     recall_at_k,
+    revisited_metrics,
 )
 
 
@@ -172,10 +178,8 @@ def random_cases(seed, n_db, nq):
 KAPPA_SETS = ([1], [1, 5, 10], [3])
 
 
-@settings(max_examples=2000, deadline=None)
-@given(st.integers(0, 2**63 - 1))
-def test_compute_map_matches_oracle(seed):
-    # one drawn integer fixes everything (sizes included): little Hypothesis overhead per case
+def check_compute_map_case(seed):
+    """One random case (sizes, kappas, rankings, ok/junk all fixed by ``seed``) vs the oracle."""
     n_db, nq, kappas = 1 + seed % 25, 1 + (seed // 25) % 4, KAPPA_SETS[(seed // 100) % 3]
     cases = random_cases(seed, n_db, nq)
     ranks = np.full((n_db, nq), -1, dtype=np.int64)
@@ -199,6 +203,18 @@ def test_compute_map_matches_oracle(seed):
         assert abs(m - sum(valid) / len(valid)) < 1e-9
     else:
         assert math.isnan(m)
+
+
+CASES_PER_EXAMPLE = 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**59 - 1))
+def test_compute_map_matches_oracle(seed):
+    # 200 draws x 10 consecutive seeds = 2000 random cases; one drawn integer fixes each
+    # case entirely (sizes included), so Hypothesis' per-example overhead is paid 200 times
+    for j in range(CASES_PER_EXAMPLE):
+        check_compute_map_case(seed * CASES_PER_EXAMPLE + j)
 
 
 # --------------------------------------------------------------------------- per query
@@ -471,3 +487,287 @@ def test_evaluate_passes_bboxes(tmp_path):
     report = evaluate(ret, ds, progress=False)
     assert ret.calls[0][2] == [(1.0, 2.0, 30.0, 40.0)]
     assert report["metrics"]["mAP"] == 1.0
+
+
+# --------------------------------------------------------------------------- PR curve
+def test_interpolated_precision_hand():
+    # hits at ranks 1 and 3: precision 1 at recall 1/2, 2/3 at recall 1
+    r, p = interpolated_precision([7, 5, 9, 8], ok=[7, 9])
+    assert r.tolist() == pytest.approx([i / 10 for i in range(11)])
+    assert p.tolist() == pytest.approx([1.0] * 6 + [2 / 3] * 5)
+    # interpolation looks right: hits at ranks 2, 3, 6 of 3 positives give raw precisions
+    # 1/2 (recall 1/3), 2/3 (recall 2/3), 1/2 (recall 1); interpolated: max over recall >= r
+    _, p = interpolated_precision([10, 1, 2, 11, 12, 3], ok=[1, 2, 3])
+    assert p.tolist() == pytest.approx([2 / 3] * 7 + [1 / 2] * 4)  # 0.6 < 2/3 -> still 2/3
+    # 10 positives, the 4th after a miss: at recall 0.3 (the 3rd hit) the precision is still 1
+    ranking = [0, 1, 2, 99, 3, 4, 5, 6, 7, 8, 9]
+    _, p = interpolated_precision(ranking, ok=range(10))
+    assert p[3] == pytest.approx(1.0)  # linspace gives 0.30000000000000004: no off-by-one
+    assert p[4] == pytest.approx(10 / 11)
+    # truncated ranking: recall 1 never reached -> 0 there; junk removed first
+    _, p = interpolated_precision([5, 7], ok=[7, 9], junk=[5], n_points=3)
+    assert p.tolist() == pytest.approx([1.0, 1.0, 0.0])
+    _, p = interpolated_precision([1, 2], ok=[], n_points=101)
+    assert p.shape == (101,) and not p.any()
+    with pytest.raises(ValueError, match="n_points"):
+        interpolated_precision([1], ok=[1], n_points=1)
+
+
+def test_mean_pr_curve_hand():
+    # query 0 as above (1 up to recall 0.5, then 2/3); query 1: one positive at rank 3 -> 1/3
+    # everywhere; query 2 without positives is left out; query 3 failed -> 0 everywhere
+    rankings = [np.array([7, 5, 9, 8]), np.array([1, 2, 3]), np.array([1]), np.array([3])]
+    gnd = [{"ok": [7, 9]}, {"ok": [3]}, {"ok": []}, {"ok": [3]}]
+    curve = mean_pr_curve(rankings, gnd, failed=[3])
+    assert curve["recall"] == pytest.approx([i / 10 for i in range(11)])
+    assert curve["precision"] == pytest.approx([(1 + 1 / 3) / 3] * 6 + [(2 / 3 + 1 / 3) / 3] * 5)
+
+
+def test_compute_metrics_top_raw_keeps_junk():
+    _, per_query = compute_metrics(RANKINGS6, GND6, SELF6)
+    # query 0: raw 0, 5, 3, 1, 4, 2 with self 0 and junk 5
+    assert per_query[0]["top"] == [3, 1, 4, 2]
+    assert per_query[0]["top_raw"] == [5, 3, 1, 4, 2]
+    assert per_query[1]["top_raw"] == per_query[1]["top"] == [4, 0, 1, 2, 3, 5]
+    assert per_query[2]["top_raw"] == [0, 1, 2, 4, 5]
+
+
+# --------------------------------------------------------------------------- revisited E/M/H
+def test_evaluate_revisited_protocols_hand(tmp_path):
+    from cvretrieval.datasets import revisitop_protocols
+
+    raw = [
+        {"easy": [0], "hard": [1], "junk": [2]},
+        {"easy": [4, 5], "hard": [], "junk": []},
+    ]
+    protocols = revisitop_protocols(raw)
+    names = [f"im{i}.jpg" for i in range(6)]
+    ds = RetrievalDataset(
+        tmp_path,
+        names,
+        ["q0.jpg", "q1.jpg"],
+        protocols["medium"],
+        name="rox",
+        format="revisitop",
+        protocols=protocols,
+        protocol="medium",
+    )
+    order = {"q0.jpg": [1, 2, 3, 0, 4, 5], "q1.jpg": [5, 0, 1, 2, 3, 4]}
+    ret = FakeRetriever(ds.image_paths(), lambda q: order[q.name])
+    report = evaluate(ret, ds, progress=False)
+    m = report["metrics"]
+    # Easy   q0: ok 0, junk 2+1 -> 3,0,4,5: AP (0/1 + 1/2)/2 = 1/4
+    #        q1: ok 4,5 at ranks 0, 5: 1 + (1/5 + 2/6)/2 = 19/15 -> /2 = 19/30
+    #        mAP = (1/4 + 19/30) / 2 = 53/120
+    # Medium q0: ok 0,1, junk 2 -> 1,3,0,4,5: 1 + (1/2 + 2/3)/2 = 19/12 -> /2 = 19/24
+    #        q1: as Easy, 19/30;  mAP = (19/24 + 19/30) / 2 = 57/80
+    # Hard   q0: ok 1, junk 2+0 -> 1,3,4,5: AP 1; q1 has no hard positive: left out -> 1
+    assert m["mAP (E)"] == pytest.approx(53 / 120)
+    assert m["mAP (M)"] == pytest.approx(57 / 80)
+    assert m["mAP (H)"] == pytest.approx(1.0)
+    # revisitop's mP@k: kq = min(max(pos), k), share of positives within kq
+    # Easy   q0 pos [2]: k=1 -> 0, k=5,10 -> 1/2;  q1 pos [1, 6]: 1, 1/5, 2/6
+    # Medium q0 pos [1, 3]: 1, 2/3, 2/3;          q1 as Easy
+    # Hard   q0 pos [1]: 1, 1, 1
+    assert [m[f"mP@{k} (E)"] for k in (1, 5, 10)] == pytest.approx([0.5, 0.35, 5 / 12])
+    assert [m[f"mP@{k} (M)"] for k in (1, 5, 10)] == pytest.approx([1.0, 13 / 30, 0.5])
+    assert [m[f"mP@{k} (H)"] for k in (1, 5, 10)] == pytest.approx([1.0, 1.0, 1.0])
+    assert m["mAP"] == pytest.approx(57 / 80)  # gnd is the medium protocol
+    assert report["protocols"]["hard"]["ap"] == [1.0, None]
+    assert report["protocols"]["easy"]["n_queries_evaluated"] == 2
+    assert report["dataset"]["protocol"] == "medium"
+    json.dumps(report, allow_nan=False)
+    table = format_metrics_table(m)
+    assert "mAP (H)" in table and "mP@10 (E)" in table
+
+
+def test_revisited_metrics_treats_self_as_junk():
+    # query = gallery image 0, ok 0 (itself) and 2; ranking 0, 1, 2 -> self dropped: 1, 2
+    out = revisited_metrics([np.array([0, 1, 2])], {"p": [{"ok": [0, 2]}]}, [0], kappas=[1])
+    # ok = [2] at rank 1 after removing self: (0/1 + 1/2) / 2 = 1/4
+    assert out["p"]["mAP"] == pytest.approx(0.25)
+    assert out["p"]["mP@1"] == 0.0
+
+
+# --------------------------------------------------------------------------- GLDv2
+def test_gldv2_map_at_100_hand():
+    solution = {
+        "q1": ["a", "b"],
+        "q2": ["c"],
+        "q3": ["d", "e"],  # never predicted -> 0
+        "q5": [f"r{i}" for i in range(150)],
+        "q6": ["f"],
+        "q7": [],  # no solution: left out of the mean
+    }
+    predictions = {
+        "q1": ["a", "x", "b"],  # (1/1 + 2/3) / 2 = 5/6
+        "q2": ["x", "c", "c"],  # c at rank 2 -> 1/2; the repeat is skipped
+        "q5": [f"r{i}" for i in range(150)],  # 100 hits / min(150, 100) = 1
+        "q6": ["x"] * 100 + ["f"],  # the hit is at rank 101: beyond the cut-off -> 0
+        "q4": ["a"],  # not in the solution: ignored (Kaggle's Ignored images)
+    }
+    assert gldv2_map_at_100(predictions, solution) == pytest.approx((5 / 6 + 1 / 2 + 1) / 5)
+    # a repeat keeps its rank: c, c, d with c, d relevant -> (1/1 + 2/3) / 2, not (1 + 2/2) / 2
+    assert gldv2_map_at_100({"q": ["c", "c", "d"]}, {"q": ["c", "d"]}) == pytest.approx(5 / 6)
+    assert gldv2_map_at_100({"q": ["a"]}, {"q": ["a", "b"]}, max_predictions=1) == 1.0
+    assert gldv2_map_at_100({}, {"q": []}) == 0.0
+
+
+def test_evaluate_reports_gldv2_metric(tmp_path):
+    index = [f"index/{c}/{c}/{c}/{c * 3}{i}.jpg" for i, c in enumerate("abc")]
+    ds = RetrievalDataset(
+        tmp_path,
+        index,
+        ["test/t/t/t/ttt1.jpg", "test/u/u/u/uuu2.jpg"],
+        [{"ok": [0, 2]}, {"ok": [1]}],
+        format="gldv2",
+    )
+    extra = tmp_path / "elsewhere" / "zzz9.jpg"  # a distractor outside the data set
+    ret = FakeRetriever([*ds.image_paths(), extra], lambda q: [3, 0, 1, 2])
+    report = evaluate(ret, ds, progress=False)
+    # ttt1: distractor, a (hit, 1/2), b, c (hit, 2/4) -> (1/2 + 1/2) / 2 = 1/2
+    # uuu2: distractor, a, b (hit, 1/3) -> 1/3
+    assert report["metrics"]["mAP@100 (GLDv2)"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+# --------------------------------------------------------------------------- evaluate extras
+def test_evaluate_pr_curve_and_top_raw(tmp_path):
+    ds = _group_dataset(tmp_path, n_groups=2, size=2)
+    catalog = ds.image_paths()
+
+    def rank(q):
+        i = ds.imlist.index(q.name)
+        strangers = [j for j in range(4) if j not in (i, i ^ 1)]
+        return [i, strangers[0], i ^ 1, strangers[1]]
+
+    report = evaluate(
+        FakeRetriever(catalog, rank, fail={"g1_1.png"}), ds, progress=False, pr_points=101
+    )
+    # each query that ran: its one positive at rank 2 -> precision 1/2 at every recall level;
+    # the failed query: 0 everywhere -> mean 3/8
+    assert len(report["pr_curve"]["recall"]) == 101
+    assert report["pr_curve"]["precision"] == pytest.approx([3 / 8] * 101)
+    assert report["per_query"][0]["top_raw"] == [2, 1, 3]  # self removed, nothing else
+    assert report["per_query"][3]["top_raw"] == []
+    with pytest.raises(ValueError, match="n_points"):
+        evaluate(FakeRetriever(catalog, rank), ds, progress=False, pr_points=1)
+
+
+# --------------------------------------------------------------------------- vectors
+def _vector_dataset(tmp_path):
+    return RetrievalDataset(tmp_path, ["a", "b", "c"], ["q"], [{"ok": [0]}], name="vec")
+
+
+def test_evaluate_vectors_ip_and_l2(tmp_path):
+    ds = _vector_dataset(tmp_path)
+    gallery = np.array([[1, 0], [3, 0], [0, 1]], dtype=np.float64)
+    queries = np.array([[1, 0]])
+    # ip: scores 1, 3, 0 -> ranking b, a, c: the positive at rank 2 -> AP 1/4
+    ip = evaluate_vectors(gallery, queries, ds)
+    assert ip["per_query"][0]["top"] == [1, 0, 2]
+    assert ip["metrics"]["mAP"] == pytest.approx(0.25)
+    assert ip["config"] == {"vectors": "arrays", "metric": "ip", "dim": 2, "index": "Flat"}
+    # l2: distances 0, 2, sqrt(2) -> a, c, b -> AP 1
+    l2 = evaluate_vectors(gallery, queries, ds, metric="l2", source="v.npz")
+    assert l2["per_query"][0]["top"] == [0, 2, 1]
+    assert l2["metrics"]["mAP"] == 1.0 and l2["config"]["vectors"] == "v.npz"
+    assert set(ip) >= {"config", "dataset", "k", "metrics", "per_query", "failed", "pr_curve"}
+    assert ip["failed"] == [] and ip["k"] == 3
+    # truncated to k=1 under ip: the positive is never found
+    assert evaluate_vectors(gallery, queries, ds, k=1)["metrics"]["mAP"] == 0.0
+    json.dumps(ip, allow_nan=False)
+
+
+def test_evaluate_vectors_removes_self(tmp_path):
+    ds = RetrievalDataset(tmp_path, ["a", "b", "c"], ["a", "b"], [{"ok": [2]}, {"ok": [0]}])
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
+    r = evaluate_vectors(gallery, gallery[:2], ds)
+    # query a: a (self, removed), c, b -> hit first; query b: b (self), c, a -> hit second
+    assert [q["top"] for q in r["per_query"]] == [[2, 1], [2, 0]]
+    assert r["metrics"]["mAP"] == pytest.approx((1 + 0.25) / 2)
+
+
+def test_evaluate_vectors_errors(tmp_path):
+    ds = _vector_dataset(tmp_path)
+    g, q = np.eye(3, 2), np.ones((1, 2))
+    with pytest.raises(DatasetError, match="gallery has 2 vectors .* 3 gallery images"):
+        evaluate_vectors(g[:2], q, ds)
+    with pytest.raises(DatasetError, match="queries has 2 vectors"):
+        evaluate_vectors(g, np.ones((2, 2)), ds)
+    with pytest.raises(DatasetError, match="dimension 2 but query vectors 3"):
+        evaluate_vectors(g, np.ones((1, 3)), ds)
+    bad = g.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(DatasetError, match="row 1"):
+        evaluate_vectors(bad, q, ds)
+    with pytest.raises(DatasetError, match="2-D"):
+        evaluate_vectors(g, np.ones(2), ds)
+    with pytest.raises(ValueError, match="metric"):
+        evaluate_vectors(g, q, ds, metric="cosine")
+
+
+def test_load_vectors_npz(tmp_path):
+    ds = _vector_dataset(tmp_path)
+    path = tmp_path / "vecs.npz"
+    np.savez(path, gallery=np.eye(3, 2), queries=np.ones((1, 2)), metric="L2")
+    g, q, metric = load_vectors_npz(path, ds)
+    assert g.dtype == np.float32 and g.flags.c_contiguous and g.shape == (3, 2)
+    assert q.shape == (1, 2) and metric == "l2"
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, gallery=np.eye(3, 2), queries=np.ones((1, 2)))
+    assert load_vectors_npz(plain)[2] is None
+    report = evaluate_vectors(*load_vectors_npz(plain)[:2], ds, metric="ip")
+    assert report["metrics"]["n_queries"] == 1
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"gallery": np.eye(3, 2)}, "no queries array"),
+        ({"gallery": np.ones(3), "queries": np.ones((1, 2))}, "2-D"),
+        ({"gallery": np.eye(3, 2), "queries": np.ones((1, 4))}, "dimension 2 but query vectors 4"),
+        ({"gallery": np.eye(2, 2), "queries": np.ones((1, 2))}, "gallery has 2 vectors"),
+        ({"gallery": np.eye(3, 2), "queries": np.ones((1, 2)), "metric": "cos"}, "unknown metric"),
+        ({"gallery": np.eye(3, 2), "queries": np.ones((1, 2)), "metric": 3}, "'ip' or 'l2'"),
+        ({"gallery": np.array([["a", "b"]] * 3), "queries": np.ones((1, 2))}, "numbers"),
+        (
+            {"gallery": np.array([[1, None]] * 3, dtype=object), "queries": np.ones((1, 2))},
+            "cannot read vectors",
+        ),
+    ],
+)
+def test_load_vectors_npz_errors(tmp_path, arrays, match):
+    path = tmp_path / "v.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=match):
+        load_vectors_npz(path, _vector_dataset(tmp_path))
+
+
+def test_load_vectors_npz_bad_files(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_vectors_npz(tmp_path / "nope.npz")
+    np.save(tmp_path / "single.npy", np.eye(2))
+    with pytest.raises(DatasetError, match="single .npy"):
+        load_vectors_npz(tmp_path / "single.npy")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="cannot read vectors"):
+        load_vectors_npz(tmp_path / "junk.npz")
+
+
+def test_evaluate_vectors_agrees_with_retriever_on_real_data(ukbench_dir):
+    # the same HOG vectors scored through a flat-index Retriever and as precomputed vectors
+    import cvretrieval as cvr
+    from cvretrieval.datasets import load_dataset
+
+    ds = load_dataset(ukbench_dir)
+    ret = cvr.Retriever("hog", index="flat", n_jobs=1, max_side=160)
+    ret.build(ds.image_paths(), progress=False)
+    vectors, rows, errors = ret.embed_queries(ds.image_paths())
+    assert rows == list(range(56)) and not any(errors)
+    a = evaluate(ret, ds, progress=False)
+    b = evaluate_vectors(vectors, vectors, ds, metric="ip")
+    for key in ("mAP", "mAP@10", "P@1", "R@10", "ns_score", "mean_rank"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-9), key
+    assert [q["top"] for q in b["per_query"]] == [q["top"] for q in a["per_query"]]
+    assert b["pr_curve"]["precision"] == pytest.approx(a["pr_curve"]["precision"])
+    assert b["metrics"]["ns_score"] > 1.5  # chance is about 3 * 3/55 + 1 = 1.16
