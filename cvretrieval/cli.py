@@ -486,6 +486,29 @@ def datasets_make_copies(photos: Path, output: Path, n_queries: int | None, copi
     out.result({"gt": str(gt), **info})
 
 
+@main.command("serve")
+@click.argument("bundles", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the demo to the network (no authentication).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Folder with index.html from `cvret eval --report`.")
+@click.option("--max-upload-mb", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--browser/--no-browser", default=False, help="Open a browser tab.")
+@common_options
+def serve_cmd(bundles: tuple[Path, ...], host: str, port: int, report_dir: Path | None,
+              max_upload_mb: int, browser: bool, out: Output) -> None:
+    """Serve a web page that searches BUNDLE(s) by a region of an image (extra `web`)."""
+    from .web import serve
+
+    out.text(f"serving {len(bundles)} bundle(s) on http://{host}:{port} (Ctrl-C stops)")
+    code = serve(list(bundles), host=host, port=port, report=report_dir,
+                 headless=not browser, max_upload_mb=max_upload_mb)
+    if code:
+        raise click.ClickException(f"the web server stopped with exit status {code}")
+
+
 @main.command("embedders")
 @common_options
 def embedders_cmd(out: Output) -> None:

@@ -670,6 +670,30 @@ class Index:
 
     # ---------------------------------------------------------------- persistence
 
+    def reconstruct_all(self) -> NDArray[np.float32]:
+        """The indexed vectors, ``(ntotal, d)`` float32, in index order.
+
+        Exact for flat and HNSW indexes, approximate (decoded codes) for IVF-PQ / PQ;
+        IVF indexes get a direct map first. Query expansion uses this.
+
+        Raises
+        ------
+        CVRetrievalError
+            When the index cannot give its vectors back (e.g. LSH).
+        """
+        self._require_fitted("reconstruct_all")
+        n = self.ntotal
+        ivf = _ivf(self.index_)
+        try:
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+            return np.ascontiguousarray(self.index_.reconstruct_n(0, n), dtype=np.float32)
+        except RuntimeError as exc:
+            raise CVRetrievalError(
+                f"this {self.factory} index cannot give its vectors back ({_faiss_message(exc)}): "
+                "query expansion and database augmentation need flat, hnsw, ivf or pq"
+            ) from None
+
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``index.faiss`` and ``index.json`` into ``directory`` (created if needed).
 

@@ -447,7 +447,7 @@ class Retriever:
     # --- searching --------------------------------------------------------------------
     def embed_queries(
         self,
-        queries: Sequence[str | os.PathLike | NDArray[np.uint8]],
+        queries: Sequence[str | os.PathLike | bytes | NDArray[np.uint8]],
         bboxes: Sequence[BBox | None] | None = None,
         *,
         progress: bool | None = False,
@@ -467,7 +467,7 @@ class Retriever:
         errors = [""] * len(queries)
         arrays, tasks = [], []
         for qi, (q, bb) in enumerate(zip(queries, bboxes)):
-            if isinstance(q, np.ndarray):
+            if isinstance(q, (np.ndarray, bytes, bytearray)):  # decoded pixels or file bytes
                 arrays.append((qi, q, bb))
                 continue
             cid = by_path.get(str(Path(q).resolve())) if bb is None else None

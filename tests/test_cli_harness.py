@@ -105,3 +105,10 @@ def test_datasets_list_and_check(tmp_path, copies):
     res = run("datasets", "check", copies, "--json", "-")
     report = json.loads(res.stdout)
     assert report["format"] == "json"
+
+
+def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    pytest.importorskip("streamlit", reason="cvret serve needs the 'web' extra")
+    (tmp_path / "nb").mkdir()
+    res = run("serve", tmp_path / "nb", ok=False)
+    assert res.exit_code == 1 and "manifest.json" in res.output and "Traceback" not in res.output
