@@ -105,6 +105,18 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS",
                      help="Worker processes (-1 = all cores)."),
         click.option("--random-state", type=int, default=0, show_default=True),
+        click.option("--pca-whiten", type=click.IntRange(1), default=None, metavar="D",
+                     help="Learn a PCA-whitening on the indexed images, keep D dimensions."),
+        click.option("--whiten-shrinkage", type=click.FloatRange(0, 1), default=0.5,
+                     show_default=True, help="Eigenvalue shrinkage (0 = full whitening)."),
+        click.option("--dba", type=click.IntRange(0), default=0, show_default=True, metavar="K",
+                     help="Database-side augmentation with K neighbours (0 = off)."),
+        click.option("--rerank", default=None, metavar="STEPS",
+                     help="Re-ranking: sv (spatial verification), qe (query expansion), sv,qe."),
+        click.option("--qe-k", type=click.IntRange(0), default=5, show_default=True,
+                     help="Top results that expand a query."),
+        click.option("--qe-alpha", type=float, default=3.0, show_default=True,
+                     help="alpha-QE exponent (0 = average query expansion)."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Any other embedder parameter, e.g. --param pooling=gem --param "
                           "input_size=224 (repeatable; see `cvret embedders`)."),
@@ -161,6 +173,11 @@ def _make_retriever(features: str, detector: str | None, n_words: int | None, n_
 
     embedder = _make_embedder(features, detector, n_words, n_features, max_descriptors, vocab_dir,
                               random_state, params)
+    from .retriever import parse_rerank
+
+    extra["rerank"] = parse_rerank(extra.get("rerank"))
+    if extra.get("qe_alpha") == 0:
+        extra["qe_alpha"] = None  # plain average query expansion
     return Retriever(embedder, index=index_spec, metric=metric, max_side=max_side, n_jobs=n_jobs,
                      random_state=random_state, **extra)
 
@@ -261,14 +278,17 @@ def index_cmd(images: Path, output: Path, add: bool, out: Output, **options: Any
 @click.argument("query", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to return.")
 @click.option("--bbox", default=None, metavar="x0,y0,x1,y1", help="Search only this region of the query.")
+@click.option("--rerank", default=None, metavar="STEPS",
+              help="sv, qe, sv,qe or none (default: what the bundle was built with).")
 @common_options
-def search_cmd(bundle: Path, query: Path, k: int, bbox: str | None, out: Output) -> None:
+def search_cmd(bundle: Path, query: Path, k: int, bbox: str | None, rerank: str | None,
+               out: Output) -> None:
     """Search BUNDLE with the image QUERY; print ranked paths and scores."""
     from .retriever import Retriever
 
     box = _parse_bbox(bbox)
     ret = Retriever.load(bundle, n_jobs=1)
-    hits = ret.search(query, k=k, bbox=box)
+    hits = ret.search(query, k=k, bbox=box, rerank=rerank)
     for h in hits:
         out.text(f"{h.rank:>4}  {h.score:8.4f}  {h.path}")
     out.result([{"rank": h.rank, "path": h.path, "score": h.score} for h in hits])
@@ -365,10 +385,16 @@ def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None
 @click.option("--random-state", type=int, default=0, show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Keep extracted local features here (default: a temporary folder, removed).")
+@click.option("--pca-whiten", type=click.IntRange(1), default=None, metavar="D")
+@click.option("--dba", type=click.IntRange(0), default=0, metavar="K")
+@click.option("--rerank", default=None, metavar="STEPS", help="sv, qe or sv,qe for every config.")
+@click.option("--qe-k", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
 @common_options
 def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str, metric: str,
               max_side: int, n_jobs: int, random_state: int, cache_dir: Path | None,
-              out: Output) -> None:
+              pca_whiten: int | None, dba: int, rerank: str | None, qe_k: int,
+              protocol: str | None, out: Output) -> None:
     """Evaluate several embedders on DATASET in one run: one table of quality and seconds.
 
     Local features are extracted once per detector and shared between configurations
@@ -379,12 +405,16 @@ def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str
     from .bench import run_bench
     from .datasets import load_dataset
 
-    data = load_dataset(dataset, format=fmt)
+    from .retriever import parse_rerank
+
+    data = load_dataset(dataset, format=fmt, protocol=protocol)
     specs = [f.strip() for f in feature_list.split(",") if f.strip()]
+    options = {"pca_whiten": pca_whiten, "dba": dba, "rerank": parse_rerank(rerank), "qe_k": qe_k}
     with tempfile.TemporaryDirectory(prefix="cvret-bench-") as tmp:
         result = run_bench(data, specs, index=index_spec, metric=metric, max_side=max_side,
                            n_jobs=n_jobs, random_state=random_state,
-                           feature_cache=cache_dir or Path(tmp), progress=out.progress)
+                           feature_cache=cache_dir or Path(tmp), retriever_options=options,
+                           progress=out.progress)
     out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, "
              f"index {index_spec}")
     out.text(result["table"])

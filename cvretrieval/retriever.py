@@ -150,6 +150,29 @@ def _show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
+RERANK_STEPS = ("sv", "qe")
+
+
+def parse_rerank(value: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Normalise re-ranking steps: ``"sv,qe"`` or ``["sv", "qe"]`` -> ``("sv", "qe")``.
+
+    Examples
+    --------
+    >>> parse_rerank("qe, sv")
+    ('sv', 'qe')
+    >>> parse_rerank(None)
+    ()
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    steps = {str(v).strip().lower() for v in items if str(v).strip() and str(v).strip() != "none"}
+    unknown = sorted(steps - set(RERANK_STEPS))
+    if unknown:
+        raise ValueError(f"unknown re-ranking {', '.join(unknown)}: use sv, qe or sv,qe")
+    return tuple(s for s in RERANK_STEPS if s in steps)
+
+
 class Retriever:
     """Embed, index, search, save and load a collection of images.
 
@@ -172,6 +195,23 @@ class Retriever:
         Search-time parameters of IVF and HNSW indexes.
     random_state : int, default 0
         Seeds the choice of images the embedder is fitted on and the index training.
+    pca_whiten : int, optional
+        Learn a PCA-whitening of the vectors on the indexed images and keep this many
+        dimensions (:class:`~cvretrieval.whitening.PCAWhitening`); queries are whitened
+        the same way.
+    whiten_shrinkage : float, default 0.5
+        Eigenvalue shrinkage of the whitening (0 = full whitening, 1 = plain PCA); full
+        whitening learned on few images over-fits them.
+    dba : int, default 0
+        Database-side augmentation: replace every indexed vector by the weighted mean of
+        itself and its ``dba`` nearest neighbours (0 = off).
+    rerank : sequence of str, default ()
+        Re-ranking applied by :meth:`search` when none is asked for: ``"qe"`` (query
+        expansion), ``"sv"`` (spatial verification; needs ``store_features``).
+    qe_k : int, default 5
+        Top results that expand a query.
+    qe_alpha : float or None, default 3.0
+        alpha-QE weight exponent; ``None`` for plain average query expansion.
     feature_cache : path, optional
         A folder where extracted local features are cached by image content hash, so
         embedders extracting the same features (``bovw-sift`` then ``vlad-sift``) share
@@ -196,6 +236,12 @@ class Retriever:
         nprobe: int | None = None,
         ef_search: int | None = None,
         random_state: int = 0,
+        pca_whiten: int | None = None,
+        whiten_shrinkage: float = 0.5,
+        dba: int = 0,
+        rerank: Sequence[str] = (),
+        qe_k: int = 5,
+        qe_alpha: float | None = 3.0,
         feature_cache: str | os.PathLike | None = None,
     ) -> None:
         self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
@@ -207,7 +253,15 @@ class Retriever:
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.random_state = random_state
+        self.pca_whiten = pca_whiten
+        self.whiten_shrinkage = whiten_shrinkage
+        self.dba = int(dba)
+        self.rerank = parse_rerank(rerank)
+        self.qe_k = int(qe_k)
+        self.qe_alpha = qe_alpha
         self.feature_cache = feature_cache
+        self.whitening_: Any = None
+        self._xb: NDArray[np.float32] | None = None  # indexed vectors, for query expansion
         self.index: Index | None = None
         self.catalog = Catalog()
         self.ids_ = np.zeros(0, np.int64)  # index position -> catalog id
@@ -231,7 +285,31 @@ class Retriever:
             "metric": self.metric,
             "max_side": self.max_side,
             "random_state": self.random_state,
+            **self._options(),
         }
+
+    def _options(self) -> dict[str, Any]:
+        """Post-processing and re-ranking settings (also saved in the manifest)."""
+        return {
+            "pca_whiten": self.pca_whiten,
+            "whiten_shrinkage": self.whiten_shrinkage,
+            "dba": self.dba,
+            "rerank": list(self.rerank),
+            "qe_k": self.qe_k,
+            "qe_alpha": self.qe_alpha,
+        }
+
+    @property
+    def supports_rerank(self) -> list[str]:
+        """Re-ranking steps this retriever can run (``qe`` always; ``sv`` with stored features)."""
+        return ["qe"]
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the indexed vectors (after whitening)."""
+        if self.whitening_ is not None:
+            return int(self.whitening_.n_components_)
+        return int(self.embedder.dim)
 
     def __len__(self) -> int:
         return int(self.ids_.shape[0])
@@ -358,15 +436,18 @@ class Retriever:
         self.embedder.fit_corpus([items[i].value for i in ok])  # type: ignore[union-attr]
         vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
         t_index = time.perf_counter()
+        vectors = self._fit_whitening(vectors)
+        self._vectors = dict(zip(ok, vectors))
+        xb = self._augment(vectors)
         self.index = Index(
             self.index_spec,
             self.metric,
             nprobe=self.nprobe,
             ef_search=self.ef_search,
             random_state=self.random_state,
-        ).build(vectors)
+        ).build(xb)
+        self._xb = xb
         self.ids_ = np.asarray(ok, np.int64)
-        self._vectors = dict(zip(ok, vectors))
         self._report("build", paths, ok, t0, fit_seconds, time.perf_counter() - t_index)
         return self
 
@@ -400,11 +481,61 @@ class Retriever:
         ok = self._record(paths, items)
         if ok:
             vectors = self.embedder.encode([items[i - first_id].value for i in ok])  # type: ignore[union-attr]
-            self.index.add(vectors)
-            self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
+            vectors = self._whiten(vectors)
             self._vectors.update(zip(ok, vectors))
+            old_xb = self._indexed_vectors() if (self.dba or self._xb is not None) else None
+            xb = self._augment(vectors, old_xb)
+            self.index.add(xb)
+            if old_xb is not None:
+                self._xb = np.concatenate([old_xb, xb])
+            self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
         self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
         return self
+
+    # --- post-processing of vectors ------------------------------------------------------
+    def _fit_whitening(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        if not self.pca_whiten:
+            self.whitening_ = None
+            return vectors
+        from .whitening import PCAWhitening
+
+        n, d = vectors.shape
+        if n < 10 * min(int(self.pca_whiten), d):
+            logger.warning(
+                "PCA-whitening of %d dimensions learned on only %d images: expect over-fitting "
+                "(shrinkage %.2f)", min(int(self.pca_whiten), d), n, self.whiten_shrinkage
+            )
+        self.whitening_ = PCAWhitening(
+            n_components=int(self.pca_whiten),
+            shrinkage=float(self.whiten_shrinkage),
+            random_state=self.random_state,
+        ).fit(vectors)
+        return self.whitening_.transform(vectors)
+
+    def _whiten(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self.whitening_ is None or len(vectors) == 0:
+            return vectors
+        return self.whitening_.transform(vectors)
+
+    def _augment(
+        self, vectors: NDArray[np.float32], old: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        """DBA of ``vectors`` (new rows) against themselves and the ``old`` indexed rows."""
+        if not self.dba or len(vectors) == 0:
+            return vectors
+        from .rerank.qe import database_augmentation
+
+        if old is None or len(old) == 0:
+            return database_augmentation(vectors, k=self.dba, metric=self.metric)
+        both = np.concatenate([vectors, old])
+        return database_augmentation(both, k=self.dba, metric=self.metric)[: len(vectors)]
+
+    def _indexed_vectors(self) -> NDArray[np.float32]:
+        """The vectors the index holds, in index order (kept, or reconstructed from it)."""
+        if self._xb is None:
+            assert self.index is not None
+            self._xb = self.index.reconstruct_all()
+        return self._xb
 
     def _record(self, paths: Sequence[Path], items: Sequence[_Item | None]) -> list[int]:
         """Append catalog entries in input order; return the catalog ids that were embedded."""
@@ -489,62 +620,117 @@ class Retriever:
                 errors[qi] = str(exc)
         if reduced:
             order = sorted(reduced)
-            enc = self.embedder.encode([reduced[i] for i in order])
+            enc = self._whiten(self.embedder.encode([reduced[i] for i in order]))
             vectors.update(zip(order, enc))
         rows = sorted(vectors)
-        X = np.stack([vectors[i] for i in rows]) if rows else np.zeros((0, self.embedder.dim), np.float32)
+        X = np.stack([vectors[i] for i in rows]) if rows else np.zeros((0, self.dim), np.float32)
         return np.ascontiguousarray(X, np.float32), rows, errors
 
-    def search_vectors(self, X: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Search the index with vectors; ``I`` holds catalog ids (-1 where fewer than k)."""
+    def search_vectors(
+        self, X: NDArray[np.float32], k: int, *, rerank: Sequence[str] | str | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Search the index with vectors; ``I`` holds catalog ids (-1 where fewer than k).
+
+        ``rerank`` may hold ``"qe"`` (query expansion); spatial verification needs the
+        query images, so it is only available through :meth:`search_many`/:meth:`search`.
+        """
         self._check_built()
+        steps = self._steps(rerank)
+        if "sv" in steps:
+            raise ValueError("spatial verification needs the query images: use search_many")
+        D, P = self._search_positions(X, k, steps)
+        return D, self._to_ids(P)
+
+    def _to_ids(self, P: NDArray[np.int64]) -> NDArray[np.int64]:
+        return np.where(P >= 0, self.ids_[np.clip(P, 0, None)], -1).astype(np.int64)
+
+    def _steps(self, rerank: Sequence[str] | str | None) -> tuple[str, ...]:
+        steps = self.rerank if rerank is None else parse_rerank(rerank)
+        missing = [s for s in steps if s not in self.supports_rerank]
+        if missing:
+            raise ValueError(
+                f"this bundle cannot re-rank with {', '.join(missing)}: spatial verification "
+                "needs the images' key points, stored when the bundle is built with --rerank sv"
+            )
+        return steps
+
+    def _search_positions(
+        self, X: NDArray[np.float32], k: int, steps: Sequence[str]
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Index search (positions), with query expansion when ``"qe"`` is in ``steps``."""
         assert self.index is not None
-        D, I_pos = self.index.search(X, k)
-        ids = np.where(I_pos >= 0, self.ids_[np.clip(I_pos, 0, None)], -1)
-        return D, ids.astype(np.int64)
+        k = int(k)
+        if "qe" not in steps or self.qe_k == 0 or len(X) == 0:
+            return self.index.search(X, k)
+        from .rerank.qe import requery
+
+        return requery(self.index.search, X, self._indexed_vectors(), k, qe_k=self.qe_k,
+                       alpha=self.qe_alpha, metric=self.metric)
 
     def search_many(
         self,
-        queries: Sequence[str | os.PathLike],
+        queries: Sequence[str | os.PathLike | bytes | NDArray[np.uint8]],
         k: int,
         bboxes: Sequence[BBox | None] | None = None,
         *,
         progress: bool | None = None,
+        rerank: Sequence[str] | str | None = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[int]]:
         """Search several query images; returns ``(D, I, failed)``.
 
         ``I`` is ``(len(queries), k)`` catalog ids (rows of failed queries are all -1);
-        ``failed`` lists the positions of queries that could not be read.
+        ``failed`` lists the positions of queries that could not be read. ``rerank``
+        (default: the retriever's ``rerank``) may hold ``"sv"`` and ``"qe"``.
         """
+        self._check_built()
+        steps = self._steps(rerank)
         X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
         k = int(k)
         D = np.full((len(queries), k), np.nan, np.float32)
-        I = np.full((len(queries), k), -1, np.int64)
+        I = np.full((len(queries), k), -1, np.int64)  # noqa: E741 - Faiss's name
         if rows:
-            d, i = self.search_vectors(X, k)
-            D[rows], I[rows] = d, i
+            boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+            d, p = self._rerank_search(X, k, steps, [queries[r] for r in rows],
+                                       [boxes[r] for r in rows])
+            D[rows], I[rows] = d, self._to_ids(p)
         failed = [qi for qi, e in enumerate(errors) if e]
         for qi in failed:
             logger.warning("query skipped: %s", errors[qi])
         return D, I, failed
 
+    def _rerank_search(
+        self,
+        X: NDArray[np.float32],
+        k: int,
+        steps: Sequence[str],
+        queries: Sequence[Any],
+        bboxes: Sequence[BBox | None],
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Search and re-rank; positions in the index."""
+        return self._search_positions(X, k, steps)
+
     def search(
         self,
-        query: str | os.PathLike | NDArray[np.uint8],
+        query: str | os.PathLike | bytes | NDArray[np.uint8],
         k: int = 10,
         bbox: BBox | None = None,
+        *,
+        rerank: Sequence[str] | str | None = None,
     ) -> list[Hit]:
-        """Ranked hits for one query image (a path or a decoded RGB array).
+        """Ranked hits for one query image (a path, file bytes or a decoded RGB array).
 
         Raises
         ------
         ImageReadError
             When the query cannot be read.
         """
+        self._check_built()
+        steps = self._steps(rerank)
         X, rows, errors = self.embed_queries([query], [bbox])
         if not rows:
             raise ImageReadError(errors[0])
-        D, I = self.search_vectors(X, k)
+        D, P = self._rerank_search(X, k, steps, [query], [bbox])
+        I = self._to_ids(P)  # noqa: E741
         paths = self.catalog.paths
         return [
             Hit(rank=r + 1, id=int(i), path=paths[i], score=float(d))
@@ -570,6 +756,8 @@ class Retriever:
         tmp.mkdir()
         try:
             self.embedder.save(tmp / "embedder")
+            if self.whitening_ is not None:
+                self.whitening_.save(tmp / "whitening")
             self.index.save(tmp)
             np.save(tmp / "ids.npy", self.ids_)
             self.catalog.save(tmp / "catalog.sqlite")
@@ -606,6 +794,7 @@ class Retriever:
             "metric": self.metric,
             "max_side": self.max_side,
             "random_state": self.random_state,
+            "options": self._options(),
             "counts": {
                 "images": len(self.catalog),
                 "indexed": len(self),
@@ -642,8 +831,18 @@ class Retriever:
         catalog = Catalog.load(root / "catalog.sqlite")
         if index.ntotal != len(ids):
             raise BundleError(f"{root}: the index holds {index.ntotal} vectors but ids.npy {len(ids)}")
-        if index.d != embedder.dim:
-            raise BundleError(f"{root}: the index has dimension {index.d}, the embedder {embedder.dim}")
+        options = manifest.get("options", {})
+        whitening = None
+        if options.get("pca_whiten"):
+            from .whitening import PCAWhitening
+
+            try:
+                whitening = PCAWhitening.load(root / "whitening")
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"{root / 'whitening'} cannot be read ({exc})") from None
+        dim = int(whitening.n_components_) if whitening is not None else embedder.dim
+        if index.d != dim:
+            raise BundleError(f"{root}: the index has dimension {index.d}, the embedder {dim}")
         n_ok = sum(1 for e in catalog if e.status == "ok")
         if n_ok != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= len(catalog))):
             raise BundleError(f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree")
@@ -654,6 +853,9 @@ class Retriever:
             max_side=manifest.get("max_side", 640),
             n_jobs=n_jobs,
             random_state=manifest.get("random_state", 0),
+            **{key: options[key] for key in ("pca_whiten", "whiten_shrinkage", "dba", "rerank",
+                                             "qe_k", "qe_alpha") if key in options},
         )
         ret.index, ret.ids_, ret.catalog = index, ids, catalog
+        ret.whitening_ = whitening
         return ret

@@ -112,3 +112,19 @@ def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     (tmp_path / "nb").mkdir()
     res = run("serve", tmp_path / "nb", ok=False)
     assert res.exit_code == 1 and "manifest.json" in res.output and "Traceback" not in res.output
+
+
+def test_index_search_with_whitening_and_query_expansion(tmp_path, copies):
+    data = load_dataset(copies)
+    bundle = tmp_path / "b"
+    run("index", copies.parent / "gallery", "-o", bundle, "--features", "hog", "--n-jobs", 1,
+        "--pca-whiten", 8, "--rerank", "qe", "--qe-k", 2, "-q")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["options"]["pca_whiten"] == 8 and manifest["options"]["rerank"] == ["qe"]
+    res = run("search", bundle, data.query_paths()[0], "-k", 3, "--json", "-")
+    with_qe = json.loads(res.stdout)
+    res = run("search", bundle, data.query_paths()[0], "-k", 3, "--rerank", "none", "--json", "-")
+    without = json.loads(res.stdout)
+    assert len(with_qe) == len(without) == 3
+    res = run("search", bundle, data.query_paths()[0], "--rerank", "sv", ok=False)
+    assert res.exit_code == 1 and "--rerank sv" in res.output

@@ -1,0 +1,673 @@
+"""Spatial verification: re-rank a short list by the number of geometrically consistent matches.
+
+A global vector (BoVW, VLAD, a CNN) ignores where things are. Spatial re-ranking [1]_
+takes the top ``N`` results, finds *tentative* correspondences between the query's key
+points and each candidate's, fits a geometric model (homography or affine) robustly with
+RANSAC / MAGSAC [2]_, and re-orders the candidates by their number of inliers. A true
+copy or view of the same object keeps tens to hundreds of inliers; an unrelated image a
+handful.
+
+Two ways to get tentative matches:
+
+* ``"words"`` (default, fast): key points sharing a visual word match, as in [1]_. With
+  the candidates' words in a :class:`~cvretrieval.featurestore.FeatureStore` (sorted per
+  image) this is a sorted-array intersection in NumPy, no descriptor is touched. Words
+  occurring more than ``max_per_word`` times in either image are bursts [3]_ (repeated
+  structures: windows, text, foliage) and give no match.
+* ``"ratio"``: brute-force nearest neighbours of the descriptors with Lowe's ratio test
+  [4]_ (Faiss exact k-NN, L2 or Hamming). More matches, much slower.
+
+Speed, per candidate: fewer tentative matches than ``min_inliers`` skip RANSAC (they
+cannot be verified); a cheap similarity RANSAC (2-point samples, 100 iterations) must
+find ``min_inliers`` inliers before the final model (a MAGSAC homography by default,
+iterations capped by ``max_iters``) is fitted; an inlier is counted once per key point
+(a burst of matches onto one point counts one).
+
+References
+----------
+.. [1] J. Philbin, O. Chum, M. Isard, J. Sivic, A. Zisserman, "Object retrieval with large
+       vocabularies and fast spatial matching", CVPR 2007.
+.. [2] D. Baráth, J. Matas, J. Noskova, "MAGSAC: marginalizing sample consensus",
+       CVPR 2019; M. A. Fischler, R. C. Bolles, "Random sample consensus", CACM 1981.
+.. [3] H. Jégou, M. Douze, C. Schmid, "On the burstiness of visual elements", CVPR 2009.
+.. [4] D. G. Lowe, "Distinctive image features from scale-invariant keypoints", IJCV 2004.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "MODELS",
+    "SpatialVerifier",
+    "spatial_rerank",
+    "tentative_matches_ratio",
+    "tentative_matches_words",
+    "verify",
+]
+
+logger = logging.getLogger(__name__)
+
+#: geometric model -> minimal sample size
+MODELS: dict[str, int] = {"homography": 4, "affine": 3, "similarity": 2}
+MATCHERS = ("words", "ratio")
+
+Matches = NDArray[np.int64]
+
+
+def _empty_matches() -> Matches:
+    return np.zeros((0, 2), np.int64)
+
+
+# --------------------------------------------------------------------------- word matches
+
+
+@dataclass(frozen=True)
+class _QueryWords:
+    """The query's words grouped once: word ``uniq[j]`` is held by query key points
+    ``order[starts[j]:starts[j] + counts[j]]``."""
+
+    uniq: NDArray[np.int64]
+    starts: NDArray[np.int64]
+    counts: NDArray[np.int64]
+    order: NDArray[np.int64]
+
+
+def _sorted_words(words: NDArray[np.integer]) -> tuple[NDArray[np.int64], NDArray[np.int64] | None]:
+    """``(sorted words, order)``; ``order`` is None when the input was already sorted."""
+    w = np.asarray(words).reshape(-1).astype(np.int64, copy=False)
+    if w.size > 1 and np.any(w[1:] < w[:-1]):
+        order = np.argsort(w, kind="stable")
+        return w[order], order
+    return w, None
+
+
+def _query_words(words: NDArray[np.integer]) -> _QueryWords:
+    w, order = _sorted_words(words)
+    n = w.shape[0]
+    if order is None:
+        order = np.arange(n, dtype=np.int64)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return _QueryWords(z, z, z, order)
+    first = np.empty(n, bool)
+    first[0] = True
+    np.not_equal(w[1:], w[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, n))
+    return _QueryWords(w[starts], starts, counts, order)
+
+
+def _match_query(
+    q: _QueryWords,
+    c_words: NDArray[np.integer],
+    max_per_word: int | None,
+    max_matches: int | None,
+) -> Matches:
+    """Matches of the grouped query words with one candidate's words (vectorised)."""
+    cw, c_order = _sorted_words(c_words)
+    nu = q.uniq.shape[0]
+    if nu == 0 or cw.shape[0] == 0:
+        return _empty_matches()
+    pos = np.searchsorted(q.uniq, cw)
+    np.minimum(pos, nu - 1, out=pos)
+    ci = np.flatnonzero(q.uniq[pos] == cw)  # candidate rows (sorted order) with a shared word
+    if ci.size == 0:
+        return _empty_matches()
+    g = pos[ci]  # query word group of each; non-decreasing because cw is sorted
+    first = np.empty(g.shape[0], bool)
+    first[0] = True
+    np.not_equal(g[1:], g[:-1], out=first[1:])
+    run = np.cumsum(first) - 1
+    b = np.bincount(run)[run]  # occurrences of the word in the candidate
+    a = q.counts[g]  # occurrences in the query
+    if max_per_word is not None:
+        keep = (a <= max_per_word) & (b <= max_per_word)
+        ci, g, a, b = ci[keep], g[keep], a[keep], b[keep]
+    if max_matches is not None and a.sum() > max_matches:
+        # keep the least ambiguous words first (fewest a x b pairs)
+        by = np.argsort(a * b, kind="stable")
+        sel = np.sort(by[np.cumsum(a[by]) <= max_matches])
+        ci, g, a = ci[sel], g[sel], a[sel]
+    total = int(a.sum())
+    if total == 0:
+        return _empty_matches()
+    # each candidate key point pairs with the a query key points of its word
+    rep = np.repeat(np.arange(a.shape[0]), a)
+    local = np.arange(total) - np.repeat(np.cumsum(a) - a, a)
+    out = np.empty((total, 2), np.int64)
+    out[:, 0] = q.order[q.starts[g][rep] + local]
+    out[:, 1] = ci[rep] if c_order is None else c_order[ci[rep]]
+    return out
+
+
+def tentative_matches_words(
+    q_words: NDArray[np.integer],
+    c_words: NDArray[np.integer],
+    *,
+    max_per_word: int | None = 5,
+    max_matches: int | None = None,
+) -> Matches:
+    """Tentative correspondences between two images: key points with the same visual word.
+
+    Parameters
+    ----------
+    q_words : (n_q,) int ndarray
+        Visual word of each query key point.
+    c_words : (n_c,) int ndarray
+        Visual word of each candidate key point (sorted input is used as is, faster).
+    max_per_word : int or None, default 5
+        Burstiness limit [3]_: a word occurring more than this many times in either
+        image gives no match. Every other shared word gives all its ``a x b`` pairs.
+        ``None``: no limit.
+    max_matches : int or None, default None
+        Keep at most this many matches, taking whole words with the fewest pairs first.
+
+    Returns
+    -------
+    matches : (M, 2) int64 ndarray
+        Rows ``(i, j)``: query key point ``i`` and candidate key point ``j`` share a word.
+        Grouped by word in increasing word order.
+
+    Examples
+    --------
+    >>> q, c = np.array([3, 1, 3, 7]), np.array([7, 3, 9])
+    >>> sorted(map(tuple, tentative_matches_words(q, c).tolist()))
+    [(0, 1), (2, 1), (3, 0)]
+    >>> tentative_matches_words(q, c, max_per_word=1).tolist()   # word 3 is a burst
+    [[3, 0]]
+    """
+    _check_limit(max_per_word, "max_per_word")
+    _check_limit(max_matches, "max_matches")
+    return _match_query(_query_words(q_words), c_words, max_per_word, max_matches)
+
+
+def _check_limit(value: int | None, name: str) -> None:
+    if value is not None and int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {value}")
+
+
+# --------------------------------------------------------------------------- ratio matches
+
+
+def tentative_matches_ratio(
+    q_desc: NDArray[Any],
+    c_desc: NDArray[Any],
+    *,
+    ratio: float = 0.8,
+    binary: bool | None = None,
+) -> Matches:
+    """Tentative correspondences by exhaustive nearest neighbours and Lowe's ratio test [4]_.
+
+    Parameters
+    ----------
+    q_desc : (n_q, D) ndarray
+        Query descriptors: float (L2 distance) or uint8 packed bits (Hamming).
+    c_desc : (n_c, D) ndarray
+        Candidate descriptors of the same kind.
+    ratio : float, default 0.8
+        A query descriptor matches its nearest candidate descriptor when
+        ``d1 < ratio * d2`` (``d1``, ``d2``: distances to the nearest and second nearest).
+    binary : bool or None, default None
+        Hamming distances on packed bits; ``None``: when ``q_desc`` is uint8 (see Notes).
+
+    Returns
+    -------
+    matches : (M, 2) int64 ndarray
+        ``(i, j)``: query descriptor ``i`` and its nearest candidate descriptor ``j``.
+        Empty when the candidate has fewer than 2 descriptors (no ratio test possible).
+
+    Notes
+    -----
+    With ``binary=None`` a uint8 array is taken as packed bits (ORB, AKAZE, BRISK);
+    pass ``binary=False`` for SIFT stored as uint8 values.
+    """
+    if not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    q = np.asarray(q_desc)
+    c = np.asarray(c_desc)
+    if q.ndim != 2 or c.ndim != 2 or (q.size and c.size and q.shape[1] != c.shape[1]):
+        raise ValueError(f"descriptors must be 2-D with equal widths, got {q.shape} and {c.shape}")
+    if len(q) == 0 or len(c) < 2:
+        return _empty_matches()
+    if binary is None:
+        binary = q.dtype == np.uint8
+    if binary:
+        dh, nn = faiss.knn_hamming(
+            np.ascontiguousarray(q, np.uint8), np.ascontiguousarray(c, np.uint8), 2
+        )
+        dist = dh.astype(np.float64)
+        good = dist[:, 0] < ratio * dist[:, 1]
+    else:
+        d2, nn = faiss.knn(
+            np.ascontiguousarray(q, np.float32), np.ascontiguousarray(c, np.float32), 2
+        )
+        good = d2[:, 0] < (ratio * ratio) * d2[:, 1]  # squared L2 distances
+    qi = np.flatnonzero(good)
+    return np.stack([qi, nn[qi, 0]], axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _check_model(model: str) -> str:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    return model
+
+
+def _distinct_inliers(good: Matches, n_q: int, n_c: int) -> int:
+    """``min(#distinct query rows, #distinct candidate rows)`` of the inlier matches."""
+    if good.shape[0] == 0:
+        return 0
+    seen_q = np.zeros(n_q, bool)
+    seen_q[good[:, 0]] = True
+    seen_c = np.zeros(n_c, bool)
+    seen_c[good[:, 1]] = True
+    return int(min(np.count_nonzero(seen_q), np.count_nonzero(seen_c)))
+
+
+def verify(
+    q_kp: NDArray[np.floating],
+    c_kp: NDArray[np.floating],
+    matches: Matches,
+    *,
+    model: str = "homography",
+    method: int = cv2.USAC_MAGSAC,
+    threshold: float = 5.0,
+    max_iters: int = 500,
+    confidence: float = 0.99,
+    refine_iters: int = 10,
+    return_model: bool = False,
+) -> int | tuple[int, NDArray[np.float64] | None, NDArray[np.bool_]]:
+    """Number of tentative matches consistent with one geometric transformation.
+
+    Parameters
+    ----------
+    q_kp : (n_q, 2) float ndarray
+        Query key points (x, y).
+    c_kp : (n_c, 2) float ndarray
+        Candidate key points.
+    matches : (M, 2) int ndarray
+        Tentative matches ``(query row, candidate row)``.
+    model : {"homography", "affine", "similarity"}, default "homography"
+        ``cv2.findHomography`` (8 dof, 4-point samples; a plane seen from anywhere,
+        which covers crops, rotations and perspective changes of a copy),
+        ``cv2.estimateAffine2D`` (6 dof, 3 points) or ``cv2.estimateAffinePartial2D``
+        (4 dof, 2 points; OpenCV offers it with ``cv2.RANSAC`` / ``cv2.LMEDS`` only, so
+        other methods fall back to RANSAC).
+    method : int, default cv2.USAC_MAGSAC
+        OpenCV robust estimator: ``cv2.USAC_MAGSAC`` [2]_, ``cv2.RANSAC``,
+        ``cv2.USAC_FAST``, ``cv2.USAC_ACCURATE``...
+    threshold : float, default 5.0
+        Maximum reprojection error of an inlier, in pixels of the candidate image
+        (suits images of about 300 to 1000 pixels; scale it with the image size).
+    max_iters : int, default 500
+        Cap on RANSAC iterations (OpenCV stops earlier once ``confidence`` is reached,
+        which is fast for true matches; the cap bounds the time spent on wrong ones).
+    confidence : float, default 0.99
+    refine_iters : int, default 10
+        Levenberg-Marquardt refinement steps of the affine / similarity model on its
+        inliers (0: none, faster). OpenCV always refines homographies.
+    return_model : bool, default False
+        Also return the 2x3 / 3x3 matrix (None if none was found) and the inlier mask.
+
+    Returns
+    -------
+    n_inliers : int
+        Inliers counted once per key point: ``min(#distinct query points, #distinct
+        candidate points)`` among the inlier matches. 0 when there are fewer matches
+        than the model's minimal sample or no model was found.
+    (n_inliers, matrix, mask) : tuple
+        With ``return_model=True``; ``mask`` is (M,) bool.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q = rng.uniform(0, 500, (40, 2)).astype(np.float32)
+    >>> c = q @ np.array([[0.9, 0.2], [-0.2, 0.9]], np.float32).T + 30
+    >>> matches = np.stack([np.arange(40), np.arange(40)], 1)
+    >>> verify(q, c, matches, threshold=2.0)
+    40
+    """
+    result = _verify(
+        q_kp, c_kp, matches, model, method, threshold, max_iters, confidence, refine_iters
+    )
+    return result if return_model else result[0]
+
+
+def _verify(
+    q_kp: NDArray[np.floating],
+    c_kp: NDArray[np.floating],
+    matches: Matches,
+    model: str,
+    method: int,
+    threshold: float,
+    max_iters: int,
+    confidence: float,
+    refine_iters: int,
+) -> tuple[int, NDArray[np.float64] | None, NDArray[np.bool_]]:
+    """:func:`verify` with ``return_model=True``."""
+    _check_model(model)
+    matches = np.asarray(matches, np.int64).reshape(-1, 2)
+    m = matches.shape[0]
+    mask = np.zeros(m, bool)
+    if m < MODELS[model]:
+        return (0, None, mask)
+    src = np.ascontiguousarray(np.asarray(q_kp, np.float32)[matches[:, 0]])
+    dst = np.ascontiguousarray(np.asarray(c_kp, np.float32)[matches[:, 1]])
+    thr, iters, conf = float(threshold), int(max_iters), float(confidence)
+    try:
+        if model == "homography":
+            M, inl = cv2.findHomography(src, dst, method, thr, maxIters=iters, confidence=conf)
+        elif model == "affine":
+            M, inl = cv2.estimateAffine2D(
+                src,
+                dst,
+                method=method,
+                ransacReprojThreshold=thr,
+                maxIters=iters,
+                confidence=conf,
+                refineIters=int(refine_iters),
+            )
+        else:
+            meth = method if method in (cv2.RANSAC, cv2.LMEDS) else cv2.RANSAC
+            M, inl = cv2.estimateAffinePartial2D(
+                src,
+                dst,
+                method=meth,
+                ransacReprojThreshold=thr,
+                maxIters=iters,
+                confidence=conf,
+                refineIters=int(refine_iters),
+            )
+    except cv2.error as exc:  # degenerate samples (e.g. all points equal)
+        logger.debug("%s estimation failed on %d matches: %s", model, m, exc)
+        return (0, None, mask)
+    if M is None or inl is None:
+        return (0, None, mask)
+    mask = np.asarray(inl).reshape(-1).astype(bool)
+    n = _distinct_inliers(matches[mask], len(q_kp), len(c_kp))
+    return (n, np.asarray(M, np.float64), mask)
+
+
+# --------------------------------------------------------------------------- re-ranking
+
+
+class SpatialVerifier:
+    """Spatial re-ranking of a short list against a :class:`~cvretrieval.featurestore.FeatureStore`.
+
+    Parameters
+    ----------
+    top_n : int, default 100
+        Candidates verified (the rest keep their order after them).
+    min_inliers : int, default 12
+        A candidate is *verified* with at least this many inliers; verified candidates
+        move to the front, by decreasing inliers.
+    matcher : {"words", "ratio"}, default "words"
+        Tentative matches by shared visual word (needs words in the store and for the
+        query) or by descriptor ratio test (needs descriptors).
+    model, method, threshold, max_iters, confidence
+        See :func:`verify`.
+    max_per_word : int or None, default 5
+        Burstiness limit of word matching (:func:`tentative_matches_words`).
+    max_matches : int or None, default 1000
+        Cap on tentative matches per candidate (word matching).
+    ratio : float, default 0.8
+        Ratio test of the ``"ratio"`` matcher.
+    early_exit : int or None, default None
+        Stop verifying once this many candidates are verified (e.g. the ``k`` results
+        to show): faster, but a later candidate with more inliers is then missed.
+    prefilter_iters : int or None, default 100
+        Before the ``model`` (unless it is ``"similarity"``), a cheap similarity
+        RANSAC (2-point samples, this many iterations, threshold ``2 * threshold``, no
+        refinement) must find ``min_inliers`` inliers; most wrong candidates stop there.
+        2-point samples need few iterations: with 20% inliers, 100 draws miss an
+        all-inlier sample with probability ``0.96**100 < 2%``. ``None``: no prefilter.
+
+    Attributes
+    ----------
+    stats_ : dict
+        After :meth:`rerank`: ``examined``, ``ransac`` (candidates that reached the
+        final model), ``verified``, ``seconds``.
+
+    Examples
+    --------
+    >>> sv = SpatialVerifier(top_n=50, model="homography")
+    >>> sv.min_inliers
+    12
+    """
+
+    def __init__(
+        self,
+        top_n: int = 100,
+        min_inliers: int = 12,
+        *,
+        matcher: str = "words",
+        model: str = "homography",
+        method: int = cv2.USAC_MAGSAC,
+        threshold: float = 5.0,
+        max_iters: int = 500,
+        confidence: float = 0.99,
+        max_per_word: int | None = 5,
+        max_matches: int | None = 1000,
+        ratio: float = 0.8,
+        early_exit: int | None = None,
+        prefilter_iters: int | None = 100,
+    ) -> None:
+        self.top_n = top_n
+        self.min_inliers = min_inliers
+        self.matcher = matcher
+        self.model = model
+        self.method = method
+        self.threshold = threshold
+        self.max_iters = max_iters
+        self.confidence = confidence
+        self.max_per_word = max_per_word
+        self.max_matches = max_matches
+        self.ratio = ratio
+        self.early_exit = early_exit
+        self.prefilter_iters = prefilter_iters
+        self.stats_: dict[str, Any] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable), e.g. for a bundle manifest."""
+        return {
+            k: getattr(self, k)
+            for k in (
+                "top_n",
+                "min_inliers",
+                "matcher",
+                "model",
+                "method",
+                "threshold",
+                "max_iters",
+                "confidence",
+                "max_per_word",
+                "max_matches",
+                "ratio",
+                "early_exit",
+                "prefilter_iters",
+            )
+        }
+
+    def _check(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise ValueError(
+                f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}"
+            )
+        _check_model(self.model)
+        for name in ("top_n", "min_inliers", "max_iters"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        _check_limit(self.max_per_word, "max_per_word")
+        _check_limit(self.max_matches, "max_matches")
+        _check_limit(self.early_exit, "early_exit")
+        _check_limit(self.prefilter_iters, "prefilter_iters")
+
+    def rerank(
+        self,
+        query_features: Any,
+        candidate_ids: NDArray[np.integer],
+        store: Any,
+        *,
+        query_words: NDArray[np.integer] | None = None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Re-order ``candidate_ids``; see :func:`spatial_rerank`."""
+        self._check()
+        t0 = time.perf_counter()
+        ids = np.asarray(candidate_ids, np.int64).reshape(-1)
+        q_kp = np.asarray(query_features.keypoints, np.float32).reshape(-1, 2)
+        if self.matcher == "words":
+            if not store.has_words:
+                raise ValueError(
+                    "matcher='words' needs a feature store written with words=True; "
+                    "use matcher='ratio' or rebuild the store with words"
+                )
+            if query_words is None:
+                raise ValueError("matcher='words' needs query_words (the query's visual words)")
+            qw = np.asarray(query_words).reshape(-1)
+            if qw.shape[0] != q_kp.shape[0]:
+                raise ValueError(f"{qw.shape[0]} query words for {q_kp.shape[0]} query key points")
+            q_groups = _query_words(qw)
+            q_desc = None
+        else:
+            if not store.has_descriptors:
+                raise ValueError(
+                    "matcher='ratio' needs a feature store with descriptors; "
+                    "use matcher='words' or rebuild the store with descriptors"
+                )
+            q_desc = np.asarray(query_features.descriptors)
+            binary = bool(store.binary)
+            if not binary:
+                q_desc = q_desc.astype(np.float32, copy=False)
+        n_head = min(int(self.top_n), ids.shape[0])
+        inliers = np.full(ids.shape[0], -1, np.int64)
+        n_store = len(store)
+        min_sample = max(MODELS[self.model], int(self.min_inliers))
+        examined = ransac = verified = 0
+        for j in range(n_head):
+            cid = int(ids[j])
+            if cid < 0 or cid >= n_store:
+                continue
+            examined += 1
+            c_kp = store.get_keypoints(cid)
+            if self.matcher == "words":
+                matches = _match_query(
+                    q_groups, store.get_words(cid), self.max_per_word, self.max_matches
+                )
+            else:
+                assert q_desc is not None
+                matches = tentative_matches_ratio(
+                    q_desc, store.get_descriptors(cid), ratio=self.ratio, binary=binary
+                )
+            if matches.shape[0] < min_sample:
+                inliers[j] = 0
+                continue
+            if self.prefilter_iters and self.model != "similarity":
+                pre = _verify(
+                    q_kp,
+                    c_kp,
+                    matches,
+                    "similarity",
+                    cv2.RANSAC,
+                    2.0 * self.threshold,
+                    self.prefilter_iters,
+                    self.confidence,
+                    0,
+                )[0]
+                if pre < self.min_inliers:
+                    inliers[j] = pre
+                    continue
+            ransac += 1
+            inliers[j] = _verify(
+                q_kp,
+                c_kp,
+                matches,
+                self.model,
+                self.method,
+                self.threshold,
+                self.max_iters,
+                self.confidence,
+                10,
+            )[0]
+            if inliers[j] >= self.min_inliers:
+                verified += 1
+                if self.early_exit is not None and verified >= self.early_exit:
+                    break
+        head = np.arange(n_head)
+        good = head[inliers[:n_head] >= self.min_inliers]
+        good = good[np.argsort(-inliers[good], kind="stable")]
+        rest = head[inliers[:n_head] < self.min_inliers]
+        order = np.concatenate([good, rest, np.arange(n_head, ids.shape[0])]).astype(np.int64)
+        self.stats_ = {
+            "examined": examined,
+            "ransac": ransac,
+            "verified": verified,
+            "seconds": time.perf_counter() - t0,
+        }
+        logger.debug("spatial re-ranking: %s", self.stats_)
+        return ids[order], inliers[order]
+
+
+def spatial_rerank(
+    query_features: Any,
+    candidate_ids: NDArray[np.integer],
+    store: Any,
+    *,
+    query_words: NDArray[np.integer] | None = None,
+    top_n: int = 100,
+    min_inliers: int = 12,
+    matcher: str = "words",
+    early_exit: int | None = None,
+    **params: Any,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Re-rank the top ``top_n`` candidates by their number of spatially verified matches [1]_.
+
+    Parameters
+    ----------
+    query_features : LocalFeatures
+        The query's key points (and descriptors, for ``matcher="ratio"``), in the
+        coordinates of the image that was searched (e.g. the query crop).
+    candidate_ids : (n,) int ndarray
+        Ranked candidates (best first), as rows of ``store``; ``-1`` entries (missing
+        results) are left unverified.
+    store : FeatureStore
+        The database images' key points, words and/or descriptors, row = candidate id.
+    query_words : (n_q,) int ndarray, optional
+        The query key points' visual words (required by ``matcher="words"``).
+    top_n, min_inliers, matcher, early_exit
+        See :class:`SpatialVerifier`.
+    **params
+        Other :class:`SpatialVerifier` parameters (``model``, ``method``, ``threshold``,
+        ``max_iters``, ``confidence``, ``max_per_word``, ``max_matches``, ``ratio``).
+
+    Returns
+    -------
+    new_order : (n,) int64 ndarray
+        The candidate ids re-ordered: first the verified ones (``>= min_inliers``) by
+        decreasing inliers (ties keep the original order), then the other examined
+        candidates of the top ``top_n`` in their original order, then the rest.
+    inlier_counts : (n,) int64 ndarray
+        Inliers of each entry of ``new_order``; ``0`` when it had fewer tentative
+        matches than ``min_inliers`` (RANSAC skipped), ``-1`` when not examined
+        (beyond ``top_n``, after an early exit, or an invalid id).
+
+    Examples
+    --------
+    Given a store written with words and a query with words ``qw``::
+
+        order, inliers = spatial_rerank(query, I[0], store, query_words=qw, top_n=100)
+    """
+    sv = SpatialVerifier(
+        top_n=top_n, min_inliers=min_inliers, matcher=matcher, early_exit=early_exit, **params
+    )
+    return sv.rerank(query_features, candidate_ids, store, query_words=query_words)

@@ -1,0 +1,80 @@
+"""Retriever post-processing (PCA-whitening, DBA) and query expansion, end to end."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from cvretrieval.retriever import Retriever, parse_rerank
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from conftest import textured_image
+
+    root = tmp_path_factory.mktemp("imgs")
+    for i in range(24):
+        img = textured_image(100 + i // 3)  # 8 groups of 3 near-duplicates
+        img = cv2.GaussianBlur(img, (3, 3), 0.3 + 0.4 * (i % 3))
+        cv2.imwrite(str(root / f"{i:02d}.png"), img)
+    return root
+
+
+def test_parse_rerank():
+    assert parse_rerank("qe,sv") == ("sv", "qe")
+    assert parse_rerank(["QE"]) == ("qe",)
+    assert parse_rerank("") == ()
+    with pytest.raises(ValueError, match="unknown re-ranking"):
+        parse_rerank("magic")
+
+
+def test_qe_with_k_zero_leaves_the_ranking_unchanged(folder):
+    ret = Retriever("hog", n_jobs=1).build(folder, progress=False)
+    X = np.stack([ret._vectors[i] for i in range(len(ret))])
+    D0, I0 = ret.search_vectors(X, 10)
+    ret.qe_k = 0
+    D1, I1 = ret.search_vectors(X, 10, rerank="qe")
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_allclose(D0, D1)
+
+
+def test_qe_keeps_near_duplicates_on_top_and_survives_save_load(folder, tmp_path):
+    ret = Retriever("hog", n_jobs=1, rerank="qe", qe_k=2).build(folder, progress=False)
+    X = np.stack([ret._vectors[i] for i in range(len(ret))])
+    _, I = ret.search_vectors(X, 3)
+    groups = np.arange(24) // 3
+    # every query's top 3 is its own group of near-duplicates
+    assert (groups[I] == groups[:, None]).all()
+    ret.save(tmp_path / "b")
+    back = Retriever.load(tmp_path / "b", n_jobs=1)
+    assert back.rerank == ("qe",) and back.qe_k == 2
+    D2, I2 = back.search_vectors(X, 3)  # vectors reconstructed from the index
+    np.testing.assert_array_equal(I, I2)
+
+
+def test_pca_whitening_reduces_dimension_and_round_trips(folder, tmp_path):
+    ret = Retriever("hog", n_jobs=1, pca_whiten=8).build(folder, progress=False)
+    assert ret.dim == 8 and ret.index.d == 8
+    hits = ret.search(folder / "04.png", k=3)
+    assert {h.id // 3 for h in hits} == {1}
+    ret.save(tmp_path / "w")
+    back = Retriever.load(tmp_path / "w", n_jobs=1)
+    again = back.search(folder / "04.png", k=3)
+    assert [h.id for h in again] == [h.id for h in hits]
+    np.testing.assert_allclose([h.score for h in again], [h.score for h in hits], atol=1e-5)
+
+
+def test_dba_builds_adds_and_ranks_groups_first(folder, tmp_path):
+    paths = sorted(folder.glob("*.png"))
+    ret = Retriever("hog", n_jobs=1, dba=2).build(paths[:18], progress=False)
+    ret.add(paths[18:], progress=False)
+    assert len(ret) == 24
+    hits = ret.search(paths[20], k=3)
+    assert {h.id // 3 for h in hits} == {6}
+
+
+def test_spatial_verification_needs_stored_features(folder):
+    ret = Retriever("hog", n_jobs=1).build(folder, progress=False)
+    with pytest.raises(ValueError, match="--rerank sv"):
+        ret.search(folder / "00.png", k=3, rerank="sv")
