@@ -64,6 +64,7 @@ class _Item:
     shape: tuple[int, ...] | None
     value: Any = None
     error: str | None = None
+    keypoints: Any = None  # LocalFeatures kept for spatial verification (store_features)
 
 
 def _limit_worker_threads() -> None:
@@ -71,6 +72,61 @@ def _limit_worker_threads() -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+class SVFeatures:
+    """Which key points a bundle keeps for spatial verification, and how to get them.
+
+    ``mode`` is ``"words"`` when the embedder is a BoVW model (its visual words, one per key
+    point, are the tentative matches: only key points and words are stored) and
+    ``"ratio"`` otherwise (a local detector's descriptors are stored and matched with
+    Lowe's ratio test); ``own`` says the embedder's own local features are used.
+    """
+
+    def __init__(self, mode: str, detector: str, n_features: int, own: bool) -> None:
+        self.mode = mode
+        self.detector = detector
+        self.n_features = n_features
+        self.own = own
+        self._extractor: Any = None
+
+    @classmethod
+    def for_embedder(cls, embedder: Embedder, detector: str | None) -> SVFeatures:
+        from .embedders.classical import BoVWEmbedder, LocalFeatureEmbedder
+
+        if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
+            return cls("words", embedder.detector, embedder.n_features, True)
+        if isinstance(embedder, LocalFeatureEmbedder) and detector in (None, embedder.detector):
+            return cls("ratio", embedder.detector, embedder.n_features, True)
+        return cls("ratio", detector or "sift", 1000, False)
+
+    def config(self) -> dict[str, Any]:
+        return {"mode": self.mode, "detector": self.detector, "n_features": self.n_features,
+                "own": self.own}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_extractor": None}
+
+    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
+        if self._extractor is None:
+            from .features.local import LocalFeatureExtractor
+
+            self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
+        return self._extractor.extract(image)
+
+    def features(self, extracted: Any, image: Any, path: str, max_side: int | None) -> LocalFeatures:
+        """Key points (and descriptors in ``ratio`` mode) of one image, compact."""
+        if self.own:
+            f = extracted
+        else:
+            if image is None:  # features came from the cache: decode again
+                image = read_image(path, max_side=max_side)
+            f = self.extract(image)
+        if self.mode == "words":  # words come from the embedder; no descriptors needed
+            n = len(f)
+            return LocalFeatures(f.keypoints, np.zeros((n, 0), np.uint8), f.scales, f.angles,
+                                 f.image_shape)
+        return f
 
 
 def _cache_file(cache: tuple[Path, str] | None, sha1: str | None, max_side: int | None) -> Path | None:
@@ -88,6 +144,7 @@ def _work(
     stage: str,
     in_worker: bool,
     cache: tuple[Path, str] | None = None,
+    sv: SVFeatures | None = None,
 ) -> list[_Item]:
     """Decode, extract and (for ``stage == "reduce"``) reduce a chunk of images.
 
@@ -141,6 +198,14 @@ def _work(
             items[i].value = embedder.reduce(feats) if stage == "reduce" else feats
         except Exception as exc:
             items[i].error = f"cannot encode {tasks[i][1]}: {exc}"
+    if sv is not None:
+        by_item = dict(images)
+        for i, feats in extracted.items():
+            if items[i].error is None:
+                try:
+                    items[i].keypoints = sv.features(feats, by_item.get(i), tasks[i][1], max_side)
+                except Exception as exc:
+                    items[i].error = f"cannot extract key points from {tasks[i][1]}: {exc}"
     return items
 
 
@@ -212,6 +277,13 @@ class Retriever:
         Top results that expand a query.
     qe_alpha : float or None, default 3.0
         alpha-QE weight exponent; ``None`` for plain average query expansion.
+    store_features : bool, default False
+        Keep the indexed images' key points (a :class:`~cvretrieval.featurestore.FeatureStore`
+        in the bundle) so searches can be spatially verified; implied by ``"sv"`` in
+        ``rerank``. BoVW bundles keep key points and visual words; other embedders keep a
+        local detector's descriptors (``sv_detector``, default the embedder's own or SIFT).
+    sv_top, sv_min_inliers : int
+        Results verified per query (100) and inliers that make a match verified (12).
     feature_cache : path, optional
         A folder where extracted local features are cached by image content hash, so
         embedders extracting the same features (``bovw-sift`` then ``vlad-sift``) share
@@ -242,6 +314,10 @@ class Retriever:
         rerank: Sequence[str] = (),
         qe_k: int = 5,
         qe_alpha: float | None = 3.0,
+        store_features: bool = False,
+        sv_detector: str | None = None,
+        sv_top: int = 100,
+        sv_min_inliers: int = 12,
         feature_cache: str | os.PathLike | None = None,
     ) -> None:
         self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
@@ -259,6 +335,13 @@ class Retriever:
         self.rerank = parse_rerank(rerank)
         self.qe_k = int(qe_k)
         self.qe_alpha = qe_alpha
+        self.store_features = bool(store_features) or "sv" in self.rerank
+        self.sv_detector = sv_detector
+        self.sv_top = int(sv_top)
+        self.sv_min_inliers = int(sv_min_inliers)
+        self._sv = SVFeatures.for_embedder(self.embedder, sv_detector)
+        self._store_dir: Path | None = None  # the feature store (a scratch folder or the bundle's)
+        self._store: Any = None
         self.feature_cache = feature_cache
         self.whitening_: Any = None
         self._xb: NDArray[np.float32] | None = None  # indexed vectors, for query expansion
@@ -297,12 +380,17 @@ class Retriever:
             "rerank": list(self.rerank),
             "qe_k": self.qe_k,
             "qe_alpha": self.qe_alpha,
+            "store_features": self.store_features,
+            "sv_detector": self.sv_detector,
+            "sv_top": self.sv_top,
+            "sv_min_inliers": self.sv_min_inliers,
+            "sv_features": self._sv.config() if self.store_features else None,
         }
 
     @property
     def supports_rerank(self) -> list[str]:
         """Re-ranking steps this retriever can run (``qe`` always; ``sv`` with stored features)."""
-        return ["qe"]
+        return ["sv", "qe"] if self.store_features else ["qe"]
 
     @property
     def dim(self) -> int:
@@ -334,15 +422,17 @@ class Retriever:
         n_jobs = self._n_jobs()
         key = self.embedder.extract_cache_key
         cache = (Path(self.feature_cache), key) if self.feature_cache and key else None
+        sv = self._sv if (self.store_features and desc != "queries") else None
         size = max(1, int(self.chunk_size))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         if n_jobs == 1 or len(chunks) == 1:
             results: Any = (
-                _work(self.embedder, c, self.max_side, stage, False, cache) for c in chunks
+                _work(self.embedder, c, self.max_side, stage, False, cache, sv) for c in chunks
             )
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_work)(self.embedder, c, self.max_side, stage, True, cache) for c in chunks
+                delayed(_work)(self.embedder, c, self.max_side, stage, True, cache, sv)
+                for c in chunks
             )
         with tqdm(total=len(tasks), desc=desc, unit="img", disable=not _show_progress(progress)) as bar:
             for chunk_items in results:
@@ -448,6 +538,8 @@ class Retriever:
         ).build(xb)
         self._xb = xb
         self.ids_ = np.asarray(ok, np.int64)
+        if self.store_features:
+            self._write_store(items, append=False)
         self._report("build", paths, ok, t0, fit_seconds, time.perf_counter() - t_index)
         return self
 
@@ -489,8 +581,59 @@ class Retriever:
             if old_xb is not None:
                 self._xb = np.concatenate([old_xb, xb])
             self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
+        if self.store_features:
+            self._write_store(items, append=True)
         self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
         return self
+
+    # --- the feature store (spatial verification) ---------------------------------------
+    def _write_store(self, items: Sequence[_Item | None], *, append: bool) -> None:
+        """Append the key points of ``items`` (catalog order) to the feature store."""
+        import tempfile
+        import weakref
+
+        from .featurestore import FeatureStoreWriter
+
+        scratch = Path(tempfile.mkdtemp(prefix="cvret-features-"))
+        weakref.finalize(self, shutil.rmtree, scratch, True)
+        target = scratch / "features"
+        if append and self._store_dir is not None:
+            shutil.copytree(self._store_dir, target)  # never write into a saved bundle
+        words = self._sv.mode == "words"
+        writer = FeatureStoreWriter(
+            target,
+            mode="a" if append and self._store_dir is not None else "w",
+            max_keypoints=self._sv.n_features,
+            descriptors="none" if words else "auto",
+            words=words,
+            meta=self._sv.config(),
+        )
+        with writer:
+            for it in items:
+                if it is None or it.error is not None or it.keypoints is None:
+                    writer.append(None)
+                else:
+                    writer.append(it.keypoints, words=it.value if words else None)
+                    it.keypoints = None
+        self._store_dir, self._store = target, None
+
+    def _feature_store(self) -> Any:
+        if self._store is None:
+            from .featurestore import FeatureStore
+
+            if self._store_dir is None:
+                raise ValueError("this retriever keeps no key points: build it with --rerank sv")
+            self._store = FeatureStore.open(self._store_dir)
+        return self._store
+
+    def _query_features(self, query: Any, bbox: BBox | None) -> tuple[Any, Any]:
+        """Key points (and words in ``words`` mode) of one query, as the store holds them."""
+        img = read_image(query, max_side=self.max_side, bbox=bbox)
+        if self._sv.own:
+            feats = self.embedder.extract(img)
+            words = self.embedder.reduce(feats) if self._sv.mode == "words" else None
+            return feats, words
+        return self._sv.extract(img), None
 
     # --- post-processing of vectors ------------------------------------------------------
     def _fit_whitening(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -707,7 +850,84 @@ class Retriever:
         bboxes: Sequence[BBox | None],
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Search and re-rank; positions in the index."""
-        return self._search_positions(X, k, steps)
+        if "sv" not in steps:
+            return self._search_positions(X, k, steps)
+        assert self.index is not None
+        from .rerank.spatial import SpatialVerifier
+
+        k = int(k)
+        D, P = self.index.search(X, max(k, self.sv_top))
+        store = self._feature_store()
+        verifier = SpatialVerifier(top_n=self.sv_top, min_inliers=self.sv_min_inliers,
+                                   matcher=self._sv.mode)
+        pos_of = np.full(len(self.catalog), -1, np.int64)
+        pos_of[self.ids_] = np.arange(len(self.ids_))
+        verified: list[NDArray[np.int64]] = []
+        for j, (query, bbox) in enumerate(zip(queries, bboxes)):
+            try:
+                feats, words = self._query_features(query, bbox)
+            except (ImageReadError, ValueError) as exc:  # the vector search still stands
+                logger.warning("no spatial verification for query %d: %s", j, exc)
+                verified.append(np.zeros(0, np.int64))
+                continue
+            ids = self._to_ids(P[j])
+            new_ids, inliers = verifier.rerank(feats, ids, store, query_words=words)
+            order_pos = np.where(new_ids >= 0, pos_of[np.clip(new_ids, 0, None)], -1)
+            score = dict(zip(P[j].tolist(), D[j].tolist()))
+            P[j] = order_pos
+            D[j] = [score.get(int(p), np.nan) for p in order_pos]
+            verified.append(order_pos[inliers >= self.sv_min_inliers])
+        if "qe" not in steps or self.qe_k == 0:
+            return D[:, :k], P[:, :k]
+        return self._verified_expansion(X, k, D, P, verified)
+
+    def _verified_expansion(
+        self,
+        X: NDArray[np.float32],
+        k: int,
+        D: NDArray[np.float32],
+        P: NDArray[np.int64],
+        verified: Sequence[NDArray[np.int64]],
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Query expansion with the spatially verified results (Chum et al. 2007): the query
+        is expanded with its top ``qe_k`` verified images and searched again; the verified
+        images keep their places at the top, the new search fills the rest. Queries with no
+        verified result keep the verified ranking."""
+        assert self.index is not None
+        from .rerank.qe import alpha_query_expansion, average_query_expansion
+
+        xb = self._indexed_vectors()
+        n = len(X)
+        E = np.full((n, self.qe_k), -1, np.int64)
+        for j, v in enumerate(verified):
+            E[j, : min(self.qe_k, len(v))] = v[: self.qe_k]
+        has = (E >= 0).any(axis=1)
+        outD, outP = D[:, :k].copy(), P[:, :k].copy()
+        if not has.any():
+            return outD, outP
+        rows = np.flatnonzero(has)
+        if self.qe_alpha is None:
+            Xq = average_query_expansion(X[rows], xb, E[rows], k=self.qe_k)
+        else:
+            cand = xb[np.clip(E[rows], 0, None)]  # (r, qe_k, d)
+            diff = X[rows][:, None, :] - cand
+            ED = (diff**2).sum(-1) if self.metric == "l2" else (X[rows][:, None, :] * cand).sum(-1)
+            Xq = alpha_query_expansion(X[rows], xb, E[rows], ED, k=self.qe_k, alpha=self.qe_alpha,
+                                       metric=self.metric)
+        D2, P2 = self.index.search(np.ascontiguousarray(Xq, np.float32), k)
+        for r, j in enumerate(rows):
+            head = [int(p) for p in verified[j]][:k]
+            seen = set(head)
+            tail = [(float(d), int(p)) for d, p in zip(D2[r], P2[r])
+                    if p >= 0 and int(p) not in seen]
+            score = dict(zip(P[j].tolist(), D[j].tolist()))
+            merged = [(score.get(p, np.nan), p) for p in head] + tail
+            merged = merged[:k]
+            outP[j] = -1
+            outD[j] = np.nan
+            outP[j, : len(merged)] = [p for _, p in merged]
+            outD[j, : len(merged)] = [d for d, _ in merged]
+        return outD, outP
 
     def search(
         self,
@@ -758,6 +978,8 @@ class Retriever:
             self.embedder.save(tmp / "embedder")
             if self.whitening_ is not None:
                 self.whitening_.save(tmp / "whitening")
+            if self.store_features and self._store_dir is not None:
+                shutil.copytree(self._store_dir, tmp / "features")
             self.index.save(tmp)
             np.save(tmp / "ids.npy", self.ids_)
             self.catalog.save(tmp / "catalog.sqlite")
@@ -854,8 +1076,14 @@ class Retriever:
             n_jobs=n_jobs,
             random_state=manifest.get("random_state", 0),
             **{key: options[key] for key in ("pca_whiten", "whiten_shrinkage", "dba", "rerank",
-                                             "qe_k", "qe_alpha") if key in options},
+                                             "qe_k", "qe_alpha", "store_features", "sv_detector",
+                                             "sv_top", "sv_min_inliers") if key in options},
         )
         ret.index, ret.ids_, ret.catalog = index, ids, catalog
         ret.whitening_ = whitening
+        if ret.store_features:
+            if not (root / "features" / "featurestore.json").is_file():
+                raise BundleError(f"{root}: the manifest says key points are stored but "
+                                  "features/ is missing or incomplete: rebuild the bundle")
+            ret._store_dir = root / "features"
         return ret

@@ -78,3 +78,60 @@ def test_spatial_verification_needs_stored_features(folder):
     ret = Retriever("hog", n_jobs=1).build(folder, progress=False)
     with pytest.raises(ValueError, match="--rerank sv"):
         ret.search(folder / "00.png", k=3, rerank="sv")
+
+
+@pytest.fixture(scope="module")
+def copies_set(tmp_path_factory):
+    """6 textured 'photos': 3 queries with 2 attacked copies each, 3 distractors."""
+    from conftest import textured_image
+
+    from cvretrieval.copies import make_copies
+
+    photos = [(f"p{i}", textured_image(700 + i, (300, 400))) for i in range(6)]
+    out = tmp_path_factory.mktemp("copies")
+    return make_copies(photos, out, n_queries=3, copies_per_query=2, n_distractors=3,
+                       attacks=("rotate", "crop"), seed=3)
+
+
+@pytest.mark.parametrize("features", ["bovw-orb", "hog"])
+def test_spatial_verification_puts_copies_first_and_round_trips(copies_set, tmp_path, features):
+    from cvretrieval.datasets import load_dataset
+    from cvretrieval.embedders import make_embedder
+
+    data = load_dataset(copies_set)
+    params = {"n_words": 300, "n_features": 500} if features.startswith("bovw") else {}
+    ret = Retriever(make_embedder(features, **params), n_jobs=1, rerank="sv", sv_top=20,
+                    sv_min_inliers=20).build(data.image_paths(), progress=False)
+    assert ret.supports_rerank == ["sv", "qe"]
+    gallery = [str(p.resolve()) for p in data.image_paths()]
+    for qi, q in enumerate(data.query_paths()):
+        hits = ret.search(q, k=2)
+        found = {gallery.index(h.path) for h in hits}
+        assert found == set(data.gnd[qi]["ok"]), (features, qi, hits)
+    ret.save(tmp_path / "b")
+    back = Retriever.load(tmp_path / "b", n_jobs=1)
+    assert back.store_features and back.rerank == ("sv",)
+    q = data.query_paths()[0]
+    assert [h.id for h in back.search(q, k=5)] == [h.id for h in ret.search(q, k=5)]
+    # sv then qe: still the copies first
+    hits = back.search(q, k=2, rerank="sv,qe")
+    assert {gallery.index(h.path) for h in hits} == set(data.gnd[0]["ok"])
+
+
+def test_add_appends_key_points(copies_set, tmp_path):
+    from cvretrieval.datasets import load_dataset
+    from cvretrieval.embedders import make_embedder
+
+    data = load_dataset(copies_set)
+    paths = data.image_paths()
+    ret = Retriever(make_embedder("bovw-orb", n_words=300, n_features=500), n_jobs=1,
+                    store_features=True).build(paths[:5], progress=False)
+    ret.save(tmp_path / "b")
+    back = Retriever.load(tmp_path / "b", n_jobs=1)
+    back.add(paths[5:], progress=False)
+    assert len(back._feature_store()) == len(back.catalog) == len(paths)
+    back.save(tmp_path / "b")
+    again = Retriever.load(tmp_path / "b", n_jobs=1)
+    assert len(again._feature_store()) == len(paths)
+    hits = again.search(data.query_paths()[1], k=2, rerank="sv")
+    assert len(hits) == 2
