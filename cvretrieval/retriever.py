@@ -343,6 +343,7 @@ class Retriever:
         self._store_dir: Path | None = None  # the feature store (a scratch folder or the bundle's)
         self._store: Any = None
         self.feature_cache = feature_cache
+        self._check_sparse_options()
         self.whitening_: Any = None
         self._xb: NDArray[np.float32] | None = None  # indexed vectors, for query expansion
         self.index: Index | None = None
@@ -390,7 +391,8 @@ class Retriever:
     @property
     def supports_rerank(self) -> list[str]:
         """Re-ranking steps this retriever can run (``qe`` always; ``sv`` with stored features)."""
-        return ["sv", "qe"] if self.store_features else ["qe"]
+        steps = ["sv", "qe"] if self.store_features else ["qe"]
+        return [s for s in steps if not (self.sparse and s == "qe")]
 
     @property
     def dim(self) -> int:
@@ -524,19 +526,18 @@ class Retriever:
                 f"none of the {len(paths)} images could be read; first error: {items[0].error if items[0] else '?'}"
             )
         self.embedder.fit_corpus([items[i].value for i in ok])  # type: ignore[union-attr]
-        vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
         t_index = time.perf_counter()
-        vectors = self._fit_whitening(vectors)
-        self._vectors = dict(zip(ok, vectors))
-        xb = self._augment(vectors)
-        self.index = Index(
-            self.index_spec,
-            self.metric,
-            nprobe=self.nprobe,
-            ef_search=self.ef_search,
-            random_state=self.random_state,
-        ).build(xb)
-        self._xb = xb
+        if self.sparse:
+            vectors = self._encode([items[i].value for i in ok])  # type: ignore[union-attr]
+            self._vectors = {cid: vectors[r] for r, cid in enumerate(ok)}
+            self.index = self._new_index().build(vectors)
+        else:
+            vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
+            vectors = self._fit_whitening(vectors)
+            self._vectors = dict(zip(ok, vectors))
+            xb = self._augment(vectors)
+            self.index = self._new_index().build(xb)
+            self._xb = xb
         self.ids_ = np.asarray(ok, np.int64)
         if self.store_features:
             self._write_store(items, append=False)
@@ -572,8 +573,15 @@ class Retriever:
         first_id = len(self.catalog)
         ok = self._record(paths, items)
         if ok:
-            vectors = self.embedder.encode([items[i - first_id].value for i in ok])  # type: ignore[union-attr]
-            vectors = self._whiten(vectors)
+            vectors = self._encode([items[i - first_id].value for i in ok])  # type: ignore[union-attr]
+            if self.sparse:
+                self._vectors.update({cid: vectors[r] for r, cid in enumerate(ok)})
+                self.index.add(vectors)
+                self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
+                if self.store_features:
+                    self._write_store(items, append=True)
+                self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
+                return self
             self._vectors.update(zip(ok, vectors))
             old_xb = self._indexed_vectors() if (self.dba or self._xb is not None) else None
             xb = self._augment(vectors, old_xb)
@@ -585,6 +593,40 @@ class Retriever:
             self._write_store(items, append=True)
         self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
         return self
+
+    # --- vectors and the index -----------------------------------------------------------
+    @property
+    def sparse(self) -> bool:
+        """True for a sparse BoVW index (``index="sparse"``: an inverted file)."""
+        return self.index_spec == "sparse"
+
+    def _encode(self, reduced: Sequence[Any]) -> Any:
+        """Final query/database vectors: sparse rows, or dense whitened ones."""
+        if self.sparse:
+            return self.embedder.encode_sparse(reduced)  # type: ignore[attr-defined]
+        return self._whiten(self.embedder.encode(reduced))
+
+    def _new_index(self) -> Any:
+        if self.sparse:
+            from .sparse import SparseIndex
+
+            return SparseIndex(self.embedder.dim)
+        return Index(self.index_spec, self.metric, nprobe=self.nprobe, ef_search=self.ef_search,
+                     random_state=self.random_state)
+
+    def _check_sparse_options(self) -> None:
+        if not self.sparse:
+            return
+        if not hasattr(self.embedder, "encode_sparse"):
+            raise ValueError(
+                f"index 'sparse' needs sparse vectors (bovw features), not {self.embedder.name!r}: "
+                "use flat, ivf, pq, hnsw or lsh"
+            )
+        if self.metric != "ip":
+            raise ValueError("index 'sparse' scores by inner product (cosine): use --metric ip")
+        if self.pca_whiten or self.dba or "qe" in self.rerank:
+            raise ValueError("--pca-whiten, --dba and query expansion need dense vectors: "
+                             "use a Faiss index (flat, hnsw, ...) instead of 'sparse'")
 
     # --- the feature store (spatial verification) ---------------------------------------
     def _write_store(self, items: Sequence[_Item | None], *, append: bool) -> None:
@@ -763,9 +805,15 @@ class Retriever:
                 errors[qi] = str(exc)
         if reduced:
             order = sorted(reduced)
-            enc = self._whiten(self.embedder.encode([reduced[i] for i in order]))
-            vectors.update(zip(order, enc))
+            enc = self._encode([reduced[i] for i in order])
+            vectors.update({qi: enc[r] for r, qi in enumerate(order)})
         rows = sorted(vectors)
+        if self.sparse:
+            import scipy.sparse as sp
+
+            X = (sp.vstack([vectors[i] for i in rows]).tocsr() if rows
+                 else sp.csr_matrix((0, self.dim), dtype=np.float32))
+            return X, rows, errors
         X = np.stack([vectors[i] for i in rows]) if rows else np.zeros((0, self.dim), np.float32)
         return np.ascontiguousarray(X, np.float32), rows, errors
 
@@ -1045,7 +1093,12 @@ class Retriever:
                 f"reads {BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
             )
         embedder = load_embedder(root / "embedder")
-        index = Index.load(root)
+        if manifest.get("index", {}).get("type") == "sparse-inverted-file":
+            from .sparse import SparseIndex
+
+            index: Any = SparseIndex.load(root)
+        else:
+            index = Index.load(root)
         try:
             ids = np.load(root / "ids.npy", allow_pickle=False).astype(np.int64)
         except (OSError, ValueError) as exc:
@@ -1070,7 +1123,8 @@ class Retriever:
             raise BundleError(f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree")
         ret = cls(
             embedder,
-            index=manifest.get("index", {}).get("spec", "flat"),
+            index=("sparse" if manifest.get("index", {}).get("type") == "sparse-inverted-file"
+                   else manifest.get("index", {}).get("spec", "flat")),
             metric=manifest.get("metric", "ip"),
             max_side=manifest.get("max_side", 640),
             n_jobs=n_jobs,

@@ -135,3 +135,44 @@ def test_add_appends_key_points(copies_set, tmp_path):
     assert len(again._feature_store()) == len(paths)
     hits = again.search(data.query_paths()[1], k=2, rerank="sv")
     assert len(hits) == 2
+
+
+def test_sparse_index_ranks_like_flat_and_round_trips(copies_set, tmp_path):
+    from cvretrieval.datasets import load_dataset
+    from cvretrieval.embedders import make_embedder
+
+    data = load_dataset(copies_set)
+    paths = data.image_paths()
+
+    def build(index, **kw):
+        emb = make_embedder("bovw-orb", n_words=200, n_features=400, **kw)
+        return Retriever(emb, index=index, n_jobs=1).build(paths, progress=False)
+
+    dense, sparse = build("flat"), build("sparse")
+    for q in data.query_paths():
+        a, b = dense.search(q, k=5), sparse.search(q, k=5)
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        assert [h.id for h in a][:2] == [h.id for h in b][:2]
+    sparse.save(tmp_path / "s")
+    back = Retriever.load(tmp_path / "s", n_jobs=1)
+    assert back.sparse and back.index.ntotal == len(paths)
+    q = data.query_paths()[0]
+    assert [h.id for h in back.search(q, k=5)] == [h.id for h in sparse.search(q, k=5)]
+    with pytest.raises(ValueError, match="dense vectors"):
+        Retriever(make_embedder("bovw-orb"), index="sparse", rerank="qe")
+    with pytest.raises(ValueError, match="sparse vectors"):
+        Retriever("hog", index="sparse")
+
+
+def test_hnsw_assignment_and_power_tf(copies_set):
+    from cvretrieval.datasets import load_dataset
+    from cvretrieval.embedders import make_embedder
+
+    data = load_dataset(copies_set)
+    emb = make_embedder("bovw-orb", n_words=200, n_features=400, assignment="hnsw", power=0.5)
+    ret = Retriever(emb, index="sparse", n_jobs=1, rerank="sv").build(
+        data.image_paths(), progress=False)
+    gallery = [str(p.resolve()) for p in data.image_paths()]
+    for qi, q in enumerate(data.query_paths()):
+        found = {gallery.index(h.path) for h in ret.search(q, k=2)}
+        assert found == set(data.gnd[qi]["ok"])

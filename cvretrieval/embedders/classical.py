@@ -159,6 +159,18 @@ class BoVWEmbedder(LocalFeatureEmbedder):
     random_state : int or None, default 0
     vocabulary : str or None
         A folder written by ``cvret vocab build`` to use instead of fitting one.
+    assignment : {'exact', 'hnsw'}, default 'exact'
+        Nearest word by exhaustive Faiss search, or through an HNSW graph over the words
+        (:class:`~cvretrieval.features.assign.ApproximateAssigner`), which large
+        vocabularies (20k-200k words) need.
+    power : float or None, default None
+        Burstiness handling: term frequencies raised to this power (0.5 = square root,
+        Jégou et al. 2009) before TF-IDF.
+
+    Notes
+    -----
+    With ``cvret index --index sparse`` the vectors stay sparse (``encode_sparse``) and are
+    searched through an inverted file, so 100k-word vocabularies fit in memory.
 
     Examples
     --------
@@ -179,6 +191,8 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         idf: bool = True,
         random_state: int | None = 0,
         vocabulary: str | None = None,
+        assignment: str = "exact",
+        power: float | None = None,
     ):
         self.detector = detector
         self.n_features = n_features
@@ -188,8 +202,16 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         self.idf = idf
         self.random_state = random_state
         self.vocabulary = None if vocabulary is None else str(vocabulary)
+        self.assignment = assignment
+        self.power = power
+        if assignment not in ("exact", "hnsw"):
+            raise ValueError(f"assignment must be 'exact' or 'hnsw', got {assignment!r}")
         self._init_local()
         self.idf_: NDArray[np.float32] | None = None
+        self._assigner: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_assigner": None}  # rebuilt in each worker
 
     @property
     def dim(self) -> int:
@@ -201,6 +223,16 @@ class BoVWEmbedder(LocalFeatureEmbedder):
 
     def reduce(self, features: LocalFeatures) -> NDArray[np.uint32]:
         """Visual-word ids of the image's descriptors, ``(N,)`` uint32."""
+        if self.assignment == "hnsw":
+            if self._assigner is None:
+                from ..features.assign import ApproximateAssigner
+
+                self._assigner = ApproximateAssigner.from_vocabulary(
+                    self.vocabulary_, method="hnsw", random_state=self.random_state or 0
+                ).fit()
+            if len(features.descriptors) == 0:
+                return np.zeros(0, np.uint32)
+            return self._assigner.assign(features.descriptors).astype(np.uint32)
         return self.vocabulary_.assign(features.descriptors).astype(np.uint32)
 
     def fit_corpus(self, reduced: Sequence[NDArray[np.uint32]]) -> BoVWEmbedder:
@@ -209,10 +241,16 @@ class BoVWEmbedder(LocalFeatureEmbedder):
             self.idf_ = bovw.idf_weights(bovw.document_frequencies(tf), tf.shape[0]).astype(np.float32)
         return self
 
-    def encode(self, reduced: Sequence[NDArray[np.uint32]]) -> NDArray[np.float32]:
+    def encode_sparse(self, reduced: Sequence[NDArray[np.uint32]]) -> Any:
+        """TF-IDF vectors as a ``(n, n_words)`` scipy.sparse CSR float32 matrix, L2-normalised."""
         tf = bovw.term_frequencies(list(reduced), self.n_words, sublinear=self.sublinear)
+        if self.power is not None:
+            tf.data = np.power(tf.data, float(self.power)).astype(tf.data.dtype)
         weights = self.idf_ if self.idf else np.ones(self.n_words, np.float32)
-        return bovw.to_dense(bovw.tfidf(tf, weights, normalize=True))
+        return bovw.tfidf(tf, weights, normalize=True)
+
+    def encode(self, reduced: Sequence[NDArray[np.uint32]]) -> NDArray[np.float32]:
+        return bovw.to_dense(self.encode_sparse(reduced))
 
     def _save_state(self, directory: Path) -> None:
         self._save_vocabulary(directory)
