@@ -391,8 +391,7 @@ class Retriever:
     @property
     def supports_rerank(self) -> list[str]:
         """Re-ranking steps this retriever can run (``qe`` always; ``sv`` with stored features)."""
-        steps = ["sv", "qe"] if self.store_features else ["qe"]
-        return [s for s in steps if not (self.sparse and s == "qe")]
+        return ["sv", "qe"] if self.store_features else ["qe"]
 
     @property
     def dim(self) -> int:
@@ -624,8 +623,8 @@ class Retriever:
             )
         if self.metric != "ip":
             raise ValueError("index 'sparse' scores by inner product (cosine): use --metric ip")
-        if self.pca_whiten or self.dba or "qe" in self.rerank:
-            raise ValueError("--pca-whiten, --dba and query expansion need dense vectors: "
+        if self.pca_whiten or self.dba:
+            raise ValueError("--pca-whiten and --dba need dense vectors: "
                              "use a Faiss index (flat, hnsw, ...) instead of 'sparse'")
 
     # --- the feature store (spatial verification) ---------------------------------------
@@ -851,12 +850,35 @@ class Retriever:
         """Index search (positions), with query expansion when ``"qe"`` is in ``steps``."""
         assert self.index is not None
         k = int(k)
-        if "qe" not in steps or self.qe_k == 0 or len(X) == 0:
+        if "qe" not in steps or self.qe_k == 0 or X.shape[0] == 0:
             return self.index.search(X, k)
-        from .rerank.qe import requery
+        D1, P1 = self.index.search(X, self.qe_k)
+        return self.index.search(self._expand_queries(X, P1, D1), k)
 
-        return requery(self.index.search, X, self._indexed_vectors(), k, qe_k=self.qe_k,
-                       alpha=self.qe_alpha, metric=self.metric)
+    def _expand_queries(self, X: Any, E: NDArray[np.int64], S: NDArray[np.float32]) -> Any:
+        """Query expansion: each query plus its results ``E`` (index positions, -1 = none)
+        weighted by their scores ``S`` (alpha-QE, Radenović et al. 2018; plain average when
+        ``qe_alpha`` is None, Chum et al. 2007), L2-normalised. Dense or sparse."""
+        if not self.sparse:
+            from .rerank.qe import alpha_query_expansion, average_query_expansion
+
+            xb = self._indexed_vectors()
+            if self.qe_alpha is None:
+                return average_query_expansion(X, xb, E, k=E.shape[1])
+            return alpha_query_expansion(X, xb, E, S, k=E.shape[1], alpha=self.qe_alpha,
+                                         metric=self.metric)
+        import scipy.sparse as sp
+        from sklearn.preprocessing import normalize
+
+        valid = E >= 0
+        sims = np.where(valid & np.isfinite(S), S, 0.0)
+        W = np.ones_like(sims) if self.qe_alpha is None else np.clip(sims, 0, None) ** self.qe_alpha
+        W = np.where(valid, W, 0.0)
+        xb = self.index._consolidate()
+        rows = np.repeat(np.arange(E.shape[0]), E.shape[1])
+        M = sp.csr_matrix((W.ravel(), (rows, np.clip(E, 0, None).ravel())),
+                          shape=(E.shape[0], xb.shape[0]))
+        return normalize(sp.csr_matrix(X) + M @ xb).astype(np.float32).tocsr()
 
     def search_many(
         self,
@@ -942,10 +964,7 @@ class Retriever:
         images keep their places at the top, the new search fills the rest. Queries with no
         verified result keep the verified ranking."""
         assert self.index is not None
-        from .rerank.qe import alpha_query_expansion, average_query_expansion
-
-        xb = self._indexed_vectors()
-        n = len(X)
+        n = X.shape[0]
         E = np.full((n, self.qe_k), -1, np.int64)
         for j, v in enumerate(verified):
             E[j, : min(self.qe_k, len(v))] = v[: self.qe_k]
@@ -954,15 +973,11 @@ class Retriever:
         if not has.any():
             return outD, outP
         rows = np.flatnonzero(has)
-        if self.qe_alpha is None:
-            Xq = average_query_expansion(X[rows], xb, E[rows], k=self.qe_k)
-        else:
-            cand = xb[np.clip(E[rows], 0, None)]  # (r, qe_k, d)
-            diff = X[rows][:, None, :] - cand
-            ED = (diff**2).sum(-1) if self.metric == "l2" else (X[rows][:, None, :] * cand).sum(-1)
-            Xq = alpha_query_expansion(X[rows], xb, E[rows], ED, k=self.qe_k, alpha=self.qe_alpha,
-                                       metric=self.metric)
-        D2, P2 = self.index.search(np.ascontiguousarray(Xq, np.float32), k)
+        score = [dict(zip(P[j].tolist(), D[j].tolist())) for j in rows]
+        S = np.array([[score[r].get(int(p), 0.0) for p in E[j]] for r, j in enumerate(rows)],
+                     np.float32).reshape(len(rows), E.shape[1])
+        Xq = self._expand_queries(X[rows], E[rows], S)
+        D2, P2 = self.index.search(Xq, k)
         for r, j in enumerate(rows):
             head = [int(p) for p in verified[j]][:k]
             seen = set(head)

@@ -159,7 +159,12 @@ def test_sparse_index_ranks_like_flat_and_round_trips(copies_set, tmp_path):
     q = data.query_paths()[0]
     assert [h.id for h in back.search(q, k=5)] == [h.id for h in sparse.search(q, k=5)]
     with pytest.raises(ValueError, match="dense vectors"):
-        Retriever(make_embedder("bovw-orb"), index="sparse", rerank="qe")
+        Retriever(make_embedder("bovw-orb"), index="sparse", pca_whiten=8)
+    # query expansion works on sparse vectors too: the copies stay on top
+    gallery = [str(p.resolve()) for p in paths]
+    for qi, q in enumerate(data.query_paths()):
+        found = {gallery.index(h.path) for h in back.search(q, k=2, rerank="qe")}
+        assert found == set(data.gnd[qi]["ok"])
     with pytest.raises(ValueError, match="sparse vectors"):
         Retriever("hog", index="sparse")
 
@@ -170,7 +175,7 @@ def test_hnsw_assignment_and_power_tf(copies_set):
 
     data = load_dataset(copies_set)
     emb = make_embedder("bovw-orb", n_words=200, n_features=400, assignment="hnsw", power=0.5)
-    ret = Retriever(emb, index="sparse", n_jobs=1, rerank="sv").build(
+    ret = Retriever(emb, index="sparse", n_jobs=1, rerank="sv,qe").build(
         data.image_paths(), progress=False)
     gallery = [str(p.resolve()) for p in data.image_paths()]
     for qi, q in enumerate(data.query_paths()):
