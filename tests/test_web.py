@@ -356,27 +356,31 @@ def test_two_bundles_side_by_side_and_full_image(app, bundle, bundle_small):
 
 
 def test_rerank_toggles_appear_only_when_offered(app, bundle, photos, monkeypatch):
-    at = app("--bundle", bundle)
-    assert len(at.toggle) == 0  # today's Retriever offers no re-ranking: no toggles
-
     from cvretrieval.retriever import Retriever
+
+    at = app("--bundle", bundle)
+    # a plain bundle offers query expansion only (no stored key points)
+    assert [t.label for t in at.toggle] == ["Query expansion"]
 
     calls = []
     plain = Retriever.search
 
-    def search(self, query, k=10, bbox=None, rerank=()):
-        calls.append(tuple(rerank))
-        return plain(self, query, k=k, bbox=bbox)
+    def search(self, query, k=10, bbox=None, rerank=None):
+        calls.append(rerank)
+        return plain(self, query, k=k, bbox=bbox, rerank=rerank)
 
     monkeypatch.setattr(Retriever, "search", search)
-    monkeypatch.setattr(Retriever, "supports_rerank", ("sv",), raising=False)
     at.radio(key="source").set_value("Pick an indexed image").run()
-    assert [t.label for t in at.toggle] == ["Spatial verification"]
-    assert calls[-1] == ()
-    at.toggle(key="rerank-sv").set_value(True).run()
+    assert calls[-1] == ()  # toggles off: no re-ranking, passed explicitly
+    at.toggle(key="rerank-qe").set_value(True).run()
     no_errors(at)
-    assert calls[-1] == ("sv",)
-    assert any("re-ranked: sv" in c.value for c in at.caption)
+    assert calls[-1] == ("qe",)
+    assert any("re-ranked: qe" in c.value for c in at.caption)
+
+    # a retriever without re-ranking gets no toggles and no rerank argument
+    monkeypatch.setattr(Retriever, "supports_rerank", (), raising=False)
+    at = app("--bundle", bundle)
+    assert len(at.toggle) == 0
 
 
 def test_report_page(app, bundle, tmp_path):

@@ -278,7 +278,9 @@ def run_search(
 ) -> tuple[list[Any], float]:
     """Search one retriever exactly as ``cvret search`` does and time it.
 
-    ``rerank`` is passed on only when not empty, so retrievers without re-ranking work.
+    ``rerank`` is passed on whenever the retriever offers re-ranking (even empty, so a
+    bundle's default re-ranking is switched off with the toggles), and only then, so
+    retrievers without re-ranking work.
 
     Returns
     -------
@@ -287,7 +289,7 @@ def run_search(
         Wall time of the search (embedding the query included).
     """
     kwargs: dict[str, Any] = {"k": int(k), "bbox": bbox}
-    if rerank:
+    if rerank or rerank_options(retriever):
         kwargs["rerank"] = tuple(rerank)
     t0 = time.perf_counter()
     hits = retriever.search(query, **kwargs)

@@ -185,8 +185,9 @@ def _sidebar(bundles: list[tuple[str, Any]], settings: AppSettings) -> tuple[int
         rerank: list[str] = []
         if offered:
             st.header("Re-ranking")
+            defaults = {d for _, ret in bundles for d in getattr(ret, "rerank", ())}
             for name in offered:
-                if st.toggle(RERANK_LABELS[name], key=f"rerank-{name}"):
+                if st.toggle(RERANK_LABELS[name], value=name in defaults, key=f"rerank-{name}"):
                     rerank.append(name)
         st.caption(f"Uploads up to {settings.max_upload_mb} MB, decoded in memory; "
                    "nothing is stored.")
