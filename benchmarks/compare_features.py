@@ -2,6 +2,12 @@
 
     python benchmarks/compare_features.py ../shared/datasets/ukbench-56
     python benchmarks/compare_features.py ../shared/datasets/caltech101-dev --features hog,bovw-orb,bovw-sift
+    python benchmarks/compare_features.py ../shared/datasets/ukbench-56 --seeds 0,1,2,3,4
+
+With several ``--seeds`` every fitted model (vocabulary sample, k-means) is rebuilt per
+seed and the table shows the mean over seeds, with the min-max of mAP and N-S beside it:
+a vocabulary learned from 56 images varies from seed to seed, and one seed is one draw.
+Local features are extracted once and shared between seeds and embedders.
 
 DATASET is anything `cvret eval` reads (class folders, a ground-truth JSON, a UKBench folder).
 """
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +32,15 @@ COLUMNS = ["features", "mAP", "mAP@10", "P@1", "P@10", "R@10", "ns_score", "mean
            "build_s", "query_ms"]
 
 
-def run_one(spec: str, data, *, index: str, n_words: int, n_jobs: int, random_state: int) -> dict:
-    params = {"n_words": n_words, "random_state": random_state} if spec.startswith("bovw") else {}
+def run_one(spec: str, data, *, index: str, n_words: int, n_jobs: int, random_state: int,
+            cache: Path | None = None) -> dict:
+    fitted = spec.startswith(("bovw", "vlad"))
+    params = {"n_words": n_words, "random_state": random_state} if fitted else {}
     t0 = time.perf_counter()
     ret = Retriever(make_embedder(spec, **params), index=index, n_jobs=n_jobs,
-                    random_state=random_state).build(data.image_paths(), progress=False)
+                    random_state=random_state, feature_cache=cache).build(data.image_paths(),
+                                                                          progress=False)
+    ret.feature_cache = None
     build_s = time.perf_counter() - t0
     report = evaluate(ret, data, progress=False)
     # query time through the whole pipeline (decode, extract, encode, search) on up to 50
@@ -55,23 +67,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--words", type=int, default=1000)
     ap.add_argument("--n-jobs", type=int, default=-1)
     ap.add_argument("--random-state", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows means")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/out/compare_<name>.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     data = load_dataset(args.dataset)
     name = data.name or args.dataset.stem
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.random_state]
     rows = []
-    for spec in [s.strip() for s in args.features.split(",") if s.strip()]:
-        rows.append(run_one(spec, data, index=args.index, n_words=args.words, n_jobs=args.n_jobs,
-                            random_state=args.random_state))
-        print(f"  {spec}: mAP {rows[-1]['mAP']:.3f}", flush=True)
-    table = markdown_table(rows, COLUMNS)
+    with tempfile.TemporaryDirectory(prefix="cvret-compare-") as cache:
+        for spec in [s.strip() for s in args.features.split(",") if s.strip()]:
+            runs = [run_one(spec, data, index=args.index, n_words=args.words, n_jobs=args.n_jobs,
+                            random_state=seed, cache=Path(cache)) for seed in seeds]
+            row = {k: (statistics.fmean(r[k] for r in runs) if isinstance(runs[0][k], float)
+                       else runs[0][k]) for k in runs[0]}
+            if len(runs) > 1:
+                for key in ("mAP", "ns_score"):
+                    lo, hi = min(r[key] for r in runs), max(r[key] for r in runs)
+                    row[f"{key} range"] = f"{lo:.3f}-{hi:.3f}"
+                row["per_seed"] = runs
+            rows.append(row)
+            print(f"  {spec}: mAP {row['mAP']:.3f}", flush=True)
+    columns = COLUMNS + (["mAP range", "ns_score range"] if len(seeds) > 1 else [])
+    table = markdown_table(rows, columns)
     print(f"\n{name}: {len(data.qimlist)} queries, {len(data.imlist)} images, index {args.index}, "
-          f"{args.words} words\n")
+          f"{args.words} words, seeds {seeds}\n")
     print(table)
     out = args.out or OUT / f"compare_{name}.json"
     write_json(out, {"dataset": str(args.dataset), "summary": data.summary(), "index": args.index,
-                     "words": args.words, "rows": rows, "table": table, "machine": machine()})
+                     "words": args.words, "seeds": seeds, "rows": rows, "table": table, "machine": machine()})
     print(f"\nwritten {out}")
 
 
