@@ -83,7 +83,7 @@ def make_bundles(tmp_path: Path, two: bool) -> tuple[list[Path], Path, str]:
         Image.fromarray(textured_image(500 + i)).save(paths[-1])
     bundles = [cvretrieval.Retriever("hog", n_jobs=1).build(paths).save(tmp_path / "hog.cvret")]
     if two:
-        orb = cvretrieval.make_embedder("bovw", detector="orb", n_words=32, n_features=300)
+        orb = cvretrieval.make_embedder("bovw", detector="orb", n_words=200, n_features=500)
         bundles.append(
             cvretrieval.Retriever(orb, n_jobs=1).build(paths).save(tmp_path / "bovw-orb.cvret")
         )
