@@ -516,6 +516,62 @@ def datasets_make_copies(photos: Path, output: Path, n_queries: int | None, copi
     out.result({"gt": str(gt), **info})
 
 
+@main.group("train")
+def train_group() -> None:
+    """Train models on labelled images (extra `siamese`: PyTorch)."""
+
+
+@train_group.command("siamese")
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True))
+@click.option("--base", default="mobilenet", show_default=True,
+              help="Frozen base embedder spec (tflite:MODEL, hog, bovw-sift, vlad, ...); "
+                   "'mobilenet' = the file named by $CVRET_MOBILENET.")
+@click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet",
+              show_default=True)
+@click.option("--margin", type=float, default=None, help="Loss margin (default: per loss).")
+@click.option("--mining", type=click.Choice(["batch-hard", "semi-hard", "random"]),
+              default="batch-hard", show_default=True)
+@click.option("--head", default="512,256", show_default=True,
+              help="Hidden and output sizes of the projection head.")
+@click.option("--residual/--no-residual", default=True, show_default=True,
+              help="Residual head initialised at the identity (generalises to unseen classes).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=10, show_default=True,
+              help="Stop after this many epochs without a better validation mAP.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: per recipe).")
+@click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
+              help="Fraction of the classes held out for validation (early stopping).")
+@click.option("--backbone", type=click.Choice(["resnet50"]), default=None,
+              help="Fine-tune a CNN with GeM pooling instead of a head (needs torchvision).")
+@click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Backbone weights file (never downloaded).")
+@click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
+@click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
+@click.option("--random-state", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Model folder (use it as --features siamese:FOLDER).")
+@common_options
+def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None, mining: str,
+                      head: str, residual: bool, epochs: int, patience: int, lr: float | None,
+                      val_split: float, backbone: str | None, weights: Path | None,
+                      max_side: int, n_jobs: int, random_state: int, output: Path,
+                      out: Output) -> None:
+    """Train a Siamese projection head over a frozen embedder on DATASET's classes."""
+    from .siamese.train import train_siamese
+
+    sizes = tuple(int(v) for v in head.split(",") if v.strip())
+    result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
+                           head=sizes, residual=residual, epochs=epochs, patience=patience,
+                           lr=lr, val_split=val_split, max_side=max_side,
+                           random_state=random_state, out_dir=output, progress=out.progress,
+                           n_jobs=n_jobs, backbone=backbone, weights=weights)
+    best = result.get("best_epoch")
+    val = result.get("best_val_map", result.get("val_map"))
+    out.text(f"model written to {output} (best epoch {best}, validation mAP {val}); "
+             f"use it with --features siamese:{output}")
+    out.result(result)
+
+
 @main.command("serve")
 @click.argument("bundles", nargs=-1, required=True,
                 type=click.Path(path_type=Path, exists=True, file_okay=False))
