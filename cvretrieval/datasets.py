@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from cvretrieval._json import atomic_write, write_json_atomic
 from cvretrieval.errors import DatasetError, ImageReadError, MissingExtraError
 
 logger = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ def _problem(problems: list[dict], kind: str, item: str, message: str) -> None:
 
 
 def _log_problems(problems: Sequence[dict], source: Any) -> None:
+    """One warning per kind of problem (none when there is none)."""
     counts = Counter(p["kind"] for p in problems)
     for kind, n in sorted(counts.items()):
         example = next(p for p in problems if p["kind"] == kind)
@@ -449,13 +451,26 @@ class RetrievalDataset:
             if self.protocol:
                 doc["protocol"] = self.protocol
         base.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, doc, indent=1)
         logger.info("wrote ground truth of %d queries to %s", len(self.qimlist), path)
 
 
 # --------------------------------------------------------------------------- readers
+def _dataset_from(
+    source: Any,
+    root: Path,
+    imlist: list[str],
+    qimlist: list[str],
+    gnd: list[dict],
+    **kwargs: Any,
+) -> RetrievalDataset:
+    """``RetrievalDataset(root, imlist, qimlist, gnd, **kwargs)``; its errors name ``source``."""
+    try:
+        return RetrievalDataset(root, imlist, qimlist, gnd, **kwargs)
+    except DatasetError as exc:
+        raise DatasetError(f"{source}: {exc}") from None
+
+
 def _require_dir(root: str | os.PathLike[str], layout: str) -> Path:
     root = Path(root)
     if not root.exists():
@@ -606,19 +621,10 @@ def read_gt_json(path: str | os.PathLike[str]) -> RetrievalDataset:
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
     if not name:
         name = root.absolute().name if path.stem == "gt" else path.stem
-    try:
-        ds = RetrievalDataset(
-            root,
-            imlist,
-            qimlist,
-            gnd,
-            name=name,
-            format="json",
-            protocols=protocols,
-            protocol=protocol,
-        )
-    except DatasetError as exc:
-        raise DatasetError(f"{path}: {exc}") from None
+    ds = _dataset_from(
+        path, root, imlist, qimlist, gnd,
+        name=name, format="json", protocols=protocols, protocol=protocol,
+    )
     missing = [p for p in ds.image_paths() if not p.exists()]
     if missing:
         logger.warning(
@@ -940,20 +946,10 @@ def read_revisitop(path: str | os.PathLike[str], protocol: str | None = None) ->
             )
         protocols, chosen = {}, ""
         gnd = [dict(g) for g in gnd_raw]
-    try:
-        ds = RetrievalDataset(
-            root,
-            imlist,
-            qimlist,
-            gnd,
-            name=stem,
-            format="revisitop",
-            protocols=protocols,
-            protocol=chosen,
-            problems=problems,
-        )
-    except DatasetError as exc:
-        raise DatasetError(f"{pkl}: {exc}") from None
+    ds = _dataset_from(
+        pkl, root, imlist, qimlist, gnd,
+        name=stem, format="revisitop", protocols=protocols, protocol=chosen, problems=problems,
+    )
     missing = sum(1 for p in ds.image_paths() if not p.exists())
     if missing:
         logger.warning(
@@ -963,8 +959,7 @@ def read_revisitop(path: str | os.PathLike[str], protocol: str | None = None) ->
             len(imlist),
             root / prefix,
         )
-    if problems:
-        _log_problems(problems, pkl.name)
+    _log_problems(problems, pkl.name)
     logger.info(
         "read %s: %d images, %d queries, protocol %s", stem, len(imlist), len(qimlist), chosen
     )
@@ -1110,8 +1105,7 @@ def read_oxford_gt(root: str | os.PathLike[str]) -> RetrievalDataset:
             f"no usable query in {str(gt_dir)!r} ({len(query_files)} query files, "
             f"{len(problems)} problems, e.g. {problems[0]['message'] if problems else 'none'})"
         )
-    if problems:
-        _log_problems(problems, gt_dir)
+    _log_problems(problems, gt_dir)
     logger.info("read %d images and %d queries from %s", len(imlist), len(qimlist), root)
     return RetrievalDataset(
         root, imlist, qimlist, gnd, name=root.name, format="oxford-gt", problems=problems
@@ -1205,8 +1199,7 @@ def read_holidays(root: str | os.PathLike[str]) -> RetrievalDataset:
         raise DatasetError(
             f"no query image (NNNN00.jpg) under {str(root)!r}; Holidays queries end in 00"
         )
-    if problems:
-        _log_problems(problems, root)
+    _log_problems(problems, root)
     logger.info("read %d Holidays images, %d queries from %s", len(imlist), len(qimlist), root)
     return RetrievalDataset(
         root, imlist, qimlist, gnd, name=root.name, format="holidays", problems=problems
@@ -1371,8 +1364,7 @@ def read_gldv2(root: str | os.PathLike[str]) -> RetrievalDataset:
             f"no test image of {str(root)!r} has a solution with indexed images; "
             f"check {sol_path.name}"
         )
-    if problems:
-        _log_problems(problems, root)
+    _log_problems(problems, root)
     imlist = [_gld_image("index", image_id) for image_id in index_ids]
     logger.info(
         "read GLDv2 %s: %d index images, %d landmark queries of %d test images",
@@ -1420,9 +1412,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _import_tfrecord() -> tuple[Any, Any]:
@@ -1591,8 +1581,7 @@ def read_gld_tfrecord(
         problems=problems,
     )
     ds.to_json(cache / "gt.json")
-    if problems:
-        _log_problems(problems, path)
+    _log_problems(problems, path)
     logger.info(
         "extracted %d images of %d landmarks from %d TFRecord file(s) into %s",
         len(imlist),

@@ -37,7 +37,6 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from numpy.typing import NDArray
 
+from ._json import atomic_write, check_format_version, read_json_manifest, write_json_atomic
 from .errors import BundleError
 
 __all__ = ["FeatureStore", "FeatureStoreWriter", "strongest_indices"]
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "featurestore.json"
+_REBUILD_HINT = "rebuild it with store_features"
 OFFSETS_FILE = "offsets.npy"
 KEYPOINTS_FILE = "keypoints.npy"
 DESCRIPTORS_FILE = "descriptors.npy"
@@ -185,19 +186,6 @@ class _GrowingNpy:
 
     def abort(self) -> None:
         self.fh.close()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: NDArray[Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- writer
@@ -507,7 +495,9 @@ class FeatureStoreWriter:
             if f is not None:
                 f.finish()
         offsets = np.asarray(self._offsets, np.int64)
-        _atomic_save_npy(self.directory / OFFSETS_FILE, offsets)
+        atomic_write(
+            self.directory / OFFSETS_FILE, lambda f: np.save(f, offsets, allow_pickle=False)
+        )
         n_images, n_kp = len(offsets) - 1, int(offsets[-1])
         doc = {
             "format": "cvretrieval-featurestore",
@@ -527,7 +517,7 @@ class FeatureStoreWriter:
             },
             "meta": self.meta,
         }
-        _atomic_write_text(self.directory / META_FILE, json.dumps(doc, indent=2) + "\n")
+        write_json_atomic(self.directory / META_FILE, doc)
         self._closed = True
         logger.info("feature store %s: %d images, %d key points", self.directory, n_images, n_kp)
 
@@ -586,22 +576,15 @@ class FeatureStore:
         directory = Path(directory)
 
         def fail(what: str) -> BundleError:
-            return BundleError(f"feature store {directory}: {what}; rebuild it with store_features")
+            return BundleError(f"feature store {directory}: {what}; {_REBUILD_HINT}")
 
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise fail(f"no {META_FILE} (not a feature store, or its writing was interrupted)")
-        try:
-            info = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise fail(f"{META_FILE} is not valid JSON ({exc})") from None
-        if not isinstance(info, dict) or info.get("format") != "cvretrieval-featurestore":
+        info = read_json_manifest(meta_path, hint=_REBUILD_HINT)
+        if info.get("format") != "cvretrieval-featurestore":
             raise fail(f"{META_FILE} does not describe a cvretrieval feature store")
-        if info.get("format_version") != FORMAT_VERSION:
-            raise fail(
-                f"format_version {info.get('format_version')!r} is not supported "
-                f"(this cvretrieval reads {FORMAT_VERSION})"
-            )
+        check_format_version(info, meta_path, FORMAT_VERSION, hint=_REBUILD_HINT)
         n_images, n_kp = int(info["n_images"]), int(info["n_keypoints"])
 
         def load(name: str) -> NDArray[Any]:

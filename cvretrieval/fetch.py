@@ -50,6 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from cvretrieval._json import write_json_atomic
 from cvretrieval.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -507,8 +508,29 @@ outside the target folder (absolute path or '..'); refusing to extract this arch
     if strip_components < 0:
         raise ValueError(f"strip_components must be >= 0, got {strip_components}")
     k = _archive_kind(archive, kind)
-    args = (archive, dest, include, exclude, strip_components, flatten, progress)
-    return _extract_tar(*args) if k == "tar" else _extract_zip(*args)
+    select = _Selection(include, exclude, strip_components, flatten)
+    extract = _extract_tar if k == "tar" else _extract_zip
+    return extract(archive, dest, select, progress)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which archive members :func:`extract_archive` writes, and under which name."""
+
+    include: Sequence[str]
+    exclude: Sequence[str]
+    strip: int
+    flatten: bool
+
+    @property
+    def renaming(self) -> bool:
+        return bool(self.strip) or self.flatten
+
+    def picks(self, rel: PurePosixPath) -> bool:
+        return _matches(rel.as_posix(), self.include, self.exclude)
+
+    def rename(self, rel: PurePosixPath) -> PurePosixPath | None:
+        return _map_name(rel, self.strip, self.flatten) if self.renaming else rel
 
 
 def _bar(items: Sequence[Any], archive: Path, progress: bool) -> Any:
@@ -530,16 +552,23 @@ def _escape_error(archive: Path, member: str, why: str) -> DatasetError:
     )
 
 
-def _extract_tar(
-    archive: Path,
-    dest: Path,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    strip: int,
-    flatten: bool,
-    progress: bool,
-) -> list[Path]:
-    renaming = bool(strip) or flatten
+def _checked_relpath(archive: Path, name: str) -> PurePosixPath:
+    """The member's normalised relative path; refuse an absolute path or a ``..``."""
+    rel = _member_relpath(name)
+    if rel is None:
+        raise _escape_error(archive, name, "absolute path or '..'")
+    return rel
+
+
+def _checked_target(archive: Path, dest: Path, name: str, new: PurePosixPath) -> Path:
+    """``dest / new``; refuse it when a link already in ``dest`` leads it outside."""
+    target = dest / new
+    if dest.exists() and not _within(target, dest):
+        raise _escape_error(archive, name, "through an existing link in the target")
+    return target
+
+
+def _extract_tar(archive: Path, dest: Path, select: _Selection, progress: bool) -> list[Path]:
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -553,26 +582,22 @@ def _extract_tar(
         written: list[Path] = []
         # 1. check everything before writing anything
         for m in members:
-            rel = _member_relpath(m.name)
-            if rel is None:
-                raise _escape_error(archive, m.name, "absolute path or '..'")
+            rel = _checked_relpath(archive, m.name)
             if m.issym() or m.islnk():
                 if _link_escapes(rel, m.linkname, hard=m.islnk()):
                     kind = "hard link" if m.islnk() else "symbolic link"
                     raise _escape_error(archive, m.name, f"{kind} to {m.linkname!r}")
-            if not _matches(rel.as_posix(), include, exclude):
+            if not select.picks(rel):
                 continue
             if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                 logger.warning("%s: skipping special member %r", archive.name, m.name)
                 continue
-            new = _map_name(rel, strip, flatten) if renaming else rel
-            if new is None or (renaming and not m.isfile()):
+            new = select.rename(rel)
+            if new is None or (select.renaming and not m.isfile()):
                 if m.issym() or m.islnk():
                     logger.debug("%s: link %r skipped when renaming", archive.name, m.name)
                 continue
-            target = dest / new
-            if dest.exists() and not _within(target, dest):
-                raise _escape_error(archive, m.name, "through an existing link in the target")
+            target = _checked_target(archive, dest, m.name, new)
             if new.as_posix() != m.name:
                 m = (
                     m.replace(name=new.as_posix(), deep=False)
@@ -605,15 +630,7 @@ def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:  # pragma: no co
     return new
 
 
-def _extract_zip(
-    archive: Path,
-    dest: Path,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    strip: int,
-    flatten: bool,
-    progress: bool,
-) -> list[Path]:
+def _extract_zip(archive: Path, dest: Path, select: _Selection, progress: bool) -> list[Path]:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -621,26 +638,22 @@ def _extract_zip(
     with zf:
         plan: list[tuple[zipfile.ZipInfo, Path]] = []
         for info in zf.infolist():
-            rel = _member_relpath(info.filename)
-            if rel is None:
-                raise _escape_error(archive, info.filename, "absolute path or '..'")
+            rel = _checked_relpath(archive, info.filename)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                target = zf.read(info).decode("utf-8", "replace")
-                if _link_escapes(rel, target, hard=False):
-                    raise _escape_error(archive, info.filename, f"symbolic link to {target!r}")
+                link = zf.read(info).decode("utf-8", "replace")
+                if _link_escapes(rel, link, hard=False):
+                    raise _escape_error(archive, info.filename, f"symbolic link to {link!r}")
                 logger.warning("%s: skipping symbolic link member %r", archive.name, info.filename)
                 continue
-            if not _matches(rel.as_posix(), include, exclude):
+            if not select.picks(rel):
                 continue
             if info.is_dir():
                 continue  # folders are made for the files they hold
-            new = _map_name(rel, strip, flatten) if (strip or flatten) else rel
+            new = select.rename(rel)
             if new is None or new == PurePosixPath("."):
                 continue
-            target = dest / new
-            if dest.exists() and not _within(target, dest):
-                raise _escape_error(archive, info.filename, "through an existing link")
+            target = _checked_target(archive, dest, info.filename, new)
             plan.append((info, target))
         dest.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
@@ -939,8 +952,6 @@ def fetch_dataset(
         "files": records,
     }
     rec_path = _record_path(to, name)
-    tmp = rec_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, rec_path)
+    write_json_atomic(rec_path, record, indent=1)
     logger.info("%s ready in %s (read it with load_dataset(%r))", name, result, str(result))
     return result

@@ -52,7 +52,6 @@ vectors; larger is better); ``metric="l2"`` by *squared* Euclidean distance
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -65,7 +64,8 @@ import faiss
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cvretrieval.errors import BundleError, IndexTrainingError, NotFittedError
+from cvretrieval._json import read_json_manifest, write_json_atomic
+from cvretrieval.errors import BundleError, CVRetrievalError, IndexTrainingError, NotFittedError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -709,11 +709,9 @@ class Index:
             "faiss_version": faiss.__version__,
         }
         tmp_index = directory / f".{INDEX_FILE}.tmp"
-        tmp_json = directory / f".{CONFIG_FILE}.tmp"
         faiss.write_index(self.index_, str(tmp_index))
-        tmp_json.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp_index, directory / INDEX_FILE)
-        os.replace(tmp_json, directory / CONFIG_FILE)
+        write_json_atomic(directory / CONFIG_FILE, meta)
         logger.debug("saved index %s to %s", self.factory_, directory)
 
     @classmethod
@@ -735,18 +733,9 @@ class Index:
                 raise BundleError(
                     f"{path} is missing: {directory} is not an index folder written by Index.save"
                 )
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{json_path} is not valid JSON ({exc}): re-save the index") from None
-        if not isinstance(meta, dict):
-            raise BundleError(f"{json_path} must hold a JSON object, got {type(meta).__name__}")
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(
-                f"{json_path} has format_version {version!r}, this cvretrieval reads "
-                f"{FORMAT_VERSION}: rebuild the index with this version"
-            )
+        meta = read_json_manifest(
+            json_path, format_version=FORMAT_VERSION, hint="re-save the index with this version"
+        )
         missing = [key for key in ("spec", "factory", "metric", "d", "ntotal") if key not in meta]
         if missing:
             raise BundleError(f"{json_path} lacks {', '.join(missing)}: re-save the index")

@@ -25,7 +25,6 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ._json import atomic_write, read_json_manifest, write_json_atomic
 from .errors import BundleError, NotFittedError
 
 __all__ = ["SparseIndex", "power_normalize"]
@@ -283,13 +283,9 @@ class SparseIndex:
         xb = self._consolidate()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".tmp-{os.getpid()}-{MATRIX_FILE}"
-        sp.save_npz(tmp, xb, compressed=False)
-        os.replace(tmp, directory / MATRIX_FILE)
+        atomic_write(directory / MATRIX_FILE, lambda f: sp.save_npz(f, xb, compressed=False))
         doc = {"format_version": FORMAT_VERSION, **self.config(), "nnz": int(xb.nnz)}
-        tmp_json = directory / f".{META_FILE}.tmp-{os.getpid()}"
-        tmp_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp_json, directory / META_FILE)
+        write_json_atomic(directory / META_FILE, doc)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> SparseIndex:
@@ -306,15 +302,7 @@ class SparseIndex:
         for path in (meta_path, npz_path):
             if not path.is_file():
                 raise BundleError(f"{path} is missing: {directory} holds no SparseIndex")
-        try:
-            doc = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise BundleError(
-                f"{meta_path}: format_version {doc.get('format_version')!r} is not "
-                f"supported (this cvretrieval reads {FORMAT_VERSION})"
-            )
+        doc = read_json_manifest(meta_path, format_version=FORMAT_VERSION)
         try:
             xb = sp.load_npz(npz_path)
         except (OSError, ValueError) as exc:

@@ -40,7 +40,6 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._json import read_json_manifest, write_json_atomic
 from .errors import BundleError, NotFittedError
 
 __all__ = ["PCAWhitening"]
@@ -289,7 +289,7 @@ class PCAWhitening:
             "n_components_": int(self.n_components_),
             "n_features_in_": int(self.n_features_in_),
         }
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(meta_path, meta)
         return d
 
     @classmethod
@@ -297,18 +297,12 @@ class PCAWhitening:
         """Read a whitening written by :meth:`save`; :class:`BundleError` when unusable."""
         d = Path(directory)
         meta_path = d / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BundleError(f"{meta_path} is missing: {d} holds no saved whitening") from None
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != FORMAT_VERSION:
-            raise BundleError(
-                f"{meta_path} has format_version {version!r}; this cvretrieval reads "
-                f"{FORMAT_VERSION}: fit the whitening again"
-            )
+        meta = read_json_manifest(
+            meta_path,
+            format_version=FORMAT_VERSION,
+            missing=f"{d} holds no saved whitening",
+            hint="fit the whitening again",
+        )
         try:
             obj = cls(**meta["params"])
             m, n_in = int(meta["n_components_"]), int(meta["n_features_in_"])

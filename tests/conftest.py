@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared (skipped cleanly when absent) and synthetic images."""
+"""Shared fixtures and helpers: the real data in ../shared (skipped cleanly when absent),
+synthetic images, and ``cli_run`` (the cvret command through click's CliRunner)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (it lives beside the checkout in ../shared)")
+        pytest.skip(
+            f"real data not available: {path} is absent "
+            "(it lives beside the checkout in ../shared)"
+        )
     return path
 
 
@@ -32,7 +36,9 @@ def caltech_dir() -> Path:
 @pytest.fixture(scope="session")
 def coral_tflite() -> Path:
     """A real quantised MobileNet v1 embedding extractor (TFLite)."""
-    return _shared_path("models", "coral-mobilenet", "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")
+    return _shared_path(
+        "models", "coral-mobilenet", "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+    )
 
 
 def textured_image(seed: int, size: tuple[int, int] = (240, 320)) -> np.ndarray:
@@ -56,6 +62,18 @@ def textured_image(seed: int, size: tuple[int, int] = (240, 320)) -> np.ndarray:
             pts = rng.integers(0, [w, h], size=(3, 2)).astype(np.int32)
             cv2.fillPoly(img, [pts], color)
     return img
+
+
+def cli_run(*args, ok=True):
+    """Run ``cvret ARGS`` through click's CliRunner (arguments made strings); check exit 0 if ok."""
+    from click.testing import CliRunner
+
+    from cvretrieval.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
 
 
 @pytest.fixture

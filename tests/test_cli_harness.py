@@ -6,17 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import cli_run
 
-from cvretrieval.cli import main
 from cvretrieval.datasets import load_dataset
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture
@@ -29,8 +21,8 @@ def copies(tmp_path, make_textured):
     for i in range(8):
         cv2.imwrite(str(photos / f"p{i}.png"), make_textured(300 + i))
     out = tmp_path / "copies"
-    res = run("datasets", "make-copies", photos, out, "--queries", 3, "--distractors", 5,
-              "--seed", 1, "--json", "-")
+    res = cli_run("datasets", "make-copies", photos, out, "--queries", 3, "--distractors", 5,
+                  "--seed", 1, "--json", "-")
     info = json.loads(res.stdout)
     assert info["gt"] == str(out / "gt.json")
     return out / "gt.json"
@@ -45,15 +37,15 @@ def test_make_copies_writes_a_readable_benchmark(copies):
 
 def test_make_copies_is_reproducible(tmp_path, copies):
     again = tmp_path / "again"
-    run("datasets", "make-copies", tmp_path / "photos", again, "--queries", 3,
-        "--distractors", 5, "--seed", 1, "-q")
+    cli_run("datasets", "make-copies", tmp_path / "photos", again, "--queries", 3,
+            "--distractors", 5, "--seed", 1, "-q")
     assert (again / "gt.json").read_text() == copies.read_text()
 
 
 def test_bench_compares_configurations_and_shares_features(tmp_path, copies):
     cache = tmp_path / "cache"
-    res = run("bench", copies, "--features", "hog,bovw-orb", "--n-jobs", 1, "--cache", cache,
-              "--json", tmp_path / "bench.json")
+    res = cli_run("bench", copies, "--features", "hog,bovw-orb", "--n-jobs", 1, "--cache", cache,
+                  "--json", tmp_path / "bench.json")
     assert "| hog" in res.output and "| bovw-orb" in res.output
     result = json.loads((tmp_path / "bench.json").read_text())
     assert [r["features"] for r in result["rows"]] == ["hog", "bovw-orb"]
@@ -66,7 +58,7 @@ def test_bench_compares_configurations_and_shares_features(tmp_path, copies):
 
 
 def test_bench_rejects_an_unknown_embedder(copies):
-    res = run("bench", copies, "--features", "nope", ok=False)
+    res = cli_run("bench", copies, "--features", "nope", ok=False)
     assert res.exit_code == 1 and "unknown embedder" in res.output
 
 
@@ -80,29 +72,29 @@ def test_eval_scores_precomputed_vectors(tmp_path, copies):
     for j in data.gnd[0]["ok"]:
         gallery[j] = queries[0] + 0.01 * rng.normal(size=16)
     np.savez(tmp_path / "v.npz", gallery=gallery, queries=queries, metric="l2")
-    run("eval", copies, "--vectors", tmp_path / "v.npz", "--json", tmp_path / "r.json")
+    cli_run("eval", copies, "--vectors", tmp_path / "v.npz", "--json", tmp_path / "r.json")
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report) >= {"config", "metrics", "per_query"}
     assert report["per_query"][0]["ap"] == pytest.approx(1.0)
     # wrong shapes: one line, exit 1
     np.savez(tmp_path / "bad.npz", gallery=gallery[:-1], queries=queries)
-    res = run("eval", copies, "--vectors", tmp_path / "bad.npz", ok=False)
+    res = cli_run("eval", copies, "--vectors", tmp_path / "bad.npz", ok=False)
     assert res.exit_code == 1 and "Traceback" not in res.output
 
 
 def test_eval_writes_a_report(tmp_path, copies):
     pytest.importorskip("matplotlib", reason="the report needs the 'report' extra")
     pytest.importorskip("jinja2", reason="the report needs the 'report' extra")
-    run("eval", copies, "--features", "hog", "--n-jobs", 1, "--report", tmp_path / "rep", "-q")
+    cli_run("eval", copies, "--features", "hog", "--n-jobs", 1, "--report", tmp_path / "rep", "-q")
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "mAP" in page and page.count("<img") >= 3
 
 
 def test_datasets_list_and_check(tmp_path, copies):
-    res = run("datasets", "list", "--json", "-")
+    res = cli_run("datasets", "list", "--json", "-")
     names = {r["name"] for r in json.loads(res.stdout)}
     assert {"roxford5k", "rparis6k", "holidays", "ukbench", "caltech101"} <= names
-    res = run("datasets", "check", copies, "--json", "-")
+    res = cli_run("datasets", "check", copies, "--json", "-")
     report = json.loads(res.stdout)
     assert report["format"] == "json"
 
@@ -110,21 +102,22 @@ def test_datasets_list_and_check(tmp_path, copies):
 def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     pytest.importorskip("streamlit", reason="cvret serve needs the 'web' extra")
     (tmp_path / "nb").mkdir()
-    res = run("serve", tmp_path / "nb", ok=False)
+    res = cli_run("serve", tmp_path / "nb", ok=False)
     assert res.exit_code == 1 and "manifest.json" in res.output and "Traceback" not in res.output
 
 
 def test_index_search_with_whitening_and_query_expansion(tmp_path, copies):
     data = load_dataset(copies)
     bundle = tmp_path / "b"
-    run("index", copies.parent / "gallery", "-o", bundle, "--features", "hog", "--n-jobs", 1,
-        "--pca-whiten", 8, "--rerank", "qe", "--qe-k", 2, "-q")
+    cli_run("index", copies.parent / "gallery", "-o", bundle, "--features", "hog", "--n-jobs", 1,
+            "--pca-whiten", 8, "--rerank", "qe", "--qe-k", 2, "-q")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["options"]["pca_whiten"] == 8 and manifest["options"]["rerank"] == ["qe"]
-    res = run("search", bundle, data.query_paths()[0], "-k", 3, "--json", "-")
+    res = cli_run("search", bundle, data.query_paths()[0], "-k", 3, "--json", "-")
     with_qe = json.loads(res.stdout)
-    res = run("search", bundle, data.query_paths()[0], "-k", 3, "--rerank", "none", "--json", "-")
+    res = cli_run("search", bundle, data.query_paths()[0], "-k", 3, "--rerank", "none",
+                  "--json", "-")
     without = json.loads(res.stdout)
     assert len(with_qe) == len(without) == 3
-    res = run("search", bundle, data.query_paths()[0], "--rerank", "sv", ok=False)
+    res = cli_run("search", bundle, data.query_paths()[0], "--rerank", "sv", ok=False)
     assert res.exit_code == 1 and "--rerank sv" in res.output

@@ -19,7 +19,6 @@ keyword arguments of ``__init__`` (no work there); learned state ends with ``_``
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .._json import read_json_manifest, write_json_atomic
 from ..errors import BundleError, NotFittedError
 
 FORMAT_VERSION = 1
@@ -127,7 +127,7 @@ class Embedder:
         d.mkdir(parents=True, exist_ok=True)
         self._save_state(d)
         meta = {"format_version": FORMAT_VERSION, **self.spec(), "dim": self.dim}
-        (d / "embedder.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_json_atomic(d / "embedder.json", meta, default=str)
 
     def _save_state(self, directory: Path) -> None:
         """Write fitted arrays (``.npy``); nothing for stateless embedders."""
@@ -139,17 +139,12 @@ class Embedder:
 def read_embedder_meta(directory: str | Path) -> dict[str, Any]:
     """Read and check ``embedder.json``; raise :class:`BundleError` when it is unusable."""
     path = Path(directory) / "embedder.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path} is missing: the folder holds no saved embedder") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{path} has format_version {meta.get('format_version')!r}; this cvretrieval reads "
-            f"{FORMAT_VERSION}: rebuild it with this version"
-        )
+    meta = read_json_manifest(
+        path,
+        format_version=FORMAT_VERSION,
+        missing="the folder holds no saved embedder",
+        hint="rebuild it with this version",
+    )
     if not isinstance(meta.get("name"), str) or not isinstance(meta.get("params"), dict):
         raise BundleError(f"{path} lacks the embedder's name or params")
     return meta

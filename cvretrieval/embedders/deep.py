@@ -27,7 +27,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import multiprocessing
 import threading
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from .._json import read_json_manifest, write_json_atomic
 from ..errors import BundleError, CVRetrievalError, MissingExtraError, ModelError
 from .base import Embedder, l2_normalize
 from .pooling import LAYOUTS, POOLINGS, dequantize, pool
@@ -315,6 +315,25 @@ class _Runtime:
         raise NotImplementedError
 
 
+def _one_input_and_output(
+    path: str,
+    inputs: Sequence[Any],
+    input_names: Sequence[str],
+    outputs: dict[str, Any],
+    output_name: str | None,
+) -> tuple[Any, Any]:
+    """A model's only input and its output ``output_name`` (default: the first output)."""
+    if len(inputs) != 1:
+        raise ModelError(
+            f"{path} takes {len(inputs)} inputs ({', '.join(input_names)}); "
+            "an image embedder needs a model with one image input"
+        )
+    name = output_name if output_name is not None else next(iter(outputs))
+    if name not in outputs:
+        raise ModelError(f"{path} has no output {name!r}; its outputs: {', '.join(outputs)}")
+    return inputs[0], outputs[name]
+
+
 def _missing(extra: str, module: str) -> str:
     return f"needs the '{extra}' extra: pip install 'cvretrieval[{extra}]' ({module} not installed)"
 
@@ -344,17 +363,12 @@ class _ONNXRuntime(_Runtime):
                 f"{path} is not a model onnxruntime can load ({_one_line(exc)})"
             ) from None
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(
-                f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                "an image embedder needs a model with one image input"
-            )
-        self.input = self._info(inputs[0])
         outputs = {o.name: o for o in self.session.get_outputs()}
-        name = output_name if output_name is not None else next(iter(outputs))
-        if name not in outputs:
-            raise ModelError(f"{path} has no output {name!r}; its outputs: {', '.join(outputs)}")
-        self.output = self._info(outputs[name])
+        the_input, the_output = _one_input_and_output(
+            path, inputs, [i.name for i in inputs], outputs, output_name
+        )
+        self.input = self._info(the_input)
+        self.output = self._info(the_output)
         batch = self.input.shape[0] if self.input.shape else None
         self.fixed_batch = batch
 
@@ -416,19 +430,13 @@ class _TFLiteRuntime(_Runtime):
                 f"{path} is not a model the TFLite interpreter can load ({_one_line(exc)})"
             ) from None
         inputs = self.it.get_input_details()
-        if len(inputs) != 1:
-            raise ModelError(
-                f"{path} takes {len(inputs)} inputs; an image embedder needs a model with "
-                "one image input"
-            )
-        self._in = inputs[0]
-        self.input = _tflite_info(self._in)
         outputs = {d["name"]: d for d in self.it.get_output_details()}
-        name = output_name if output_name is not None else next(iter(outputs))
-        if name not in outputs:
-            raise ModelError(f"{path} has no output {name!r}; its outputs: {', '.join(outputs)}")
-        self._out_index = outputs[name]["index"]
-        self.output = _tflite_info(outputs[name])
+        self._in, out = _one_input_and_output(
+            path, inputs, [d["name"] for d in inputs], outputs, output_name
+        )
+        self.input = _tflite_info(self._in)
+        self._out_index = out["index"]
+        self.output = _tflite_info(out)
         self._batch_ok: bool | None = None  # can the batch dimension be resized?
         self._shape = tuple(int(v) for v in self._in["shape"])
 
@@ -854,19 +862,14 @@ class DeepEmbedder(Embedder):
             "input_dtype": info["input_dtype"],
             "dim": info["dim"],
         }
-        (directory / MODEL_STATE_FILE).write_text(json.dumps(record, indent=2))
+        write_json_atomic(directory / MODEL_STATE_FILE, record)
 
     def _load_state(self, directory: Path) -> None:
         path = directory / MODEL_STATE_FILE
-        try:
-            record = json.loads(path.read_text())
-            expected = str(record["sha256"])
-        except FileNotFoundError:
-            raise BundleError(
-                f"{path} is missing: the saved {self.name} embedder is incomplete"
-            ) from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BundleError(f"{path} cannot be read ({_one_line(exc)})") from None
+        record = read_json_manifest(path, missing=f"the saved {self.name} embedder is incomplete")
+        if "sha256" not in record:
+            raise BundleError(f"{path} lacks the model's sha256: save the embedder again")
+        expected = str(record["sha256"])
         given = Path(self.model_path).expanduser()
         resolved = Path(record.get("resolved_path") or self.model_path)
         if not given.is_file() and resolved.is_file():

@@ -23,7 +23,6 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
+from .._json import read_json_manifest, write_json_atomic
 from ..errors import BundleError, NotFittedError
 
 __all__ = ["ApproximateAssigner"]
@@ -288,7 +288,7 @@ class ApproximateAssigner:
         else:
             faiss.write_index(self.index_, str(tmp))
         os.replace(tmp, directory / INDEX_FILE)
-        (directory / META_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(directory / META_FILE, doc)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], centers: NDArray[Any]) -> ApproximateAssigner:
@@ -307,15 +307,7 @@ class ApproximateAssigner:
                 f"{directory} holds no assigner ({META_FILE} and {INDEX_FILE}); "
                 "build one with ApproximateAssigner(centers).fit().save(dir)"
             )
-        try:
-            doc = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise BundleError(
-                f"{meta_path}: format_version {doc.get('format_version')!r} is not "
-                f"supported (this cvretrieval reads {FORMAT_VERSION})"
-            )
+        doc = read_json_manifest(meta_path, format_version=FORMAT_VERSION)
         c = np.asarray(centers)
         want = (doc.get("n_words"), doc.get("dim"), doc.get("binary"))
         got = (int(c.shape[0]), int(c.shape[1]), c.dtype == np.uint8)

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator
 
+from cvretrieval._json import atomic_write, read_json_manifest
 from cvretrieval.errors import BundleError, NotFittedError
 
 __all__ = [
@@ -725,19 +726,6 @@ _KINDS: dict[str, type[_VocabularyBase]] = {
 }
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_vocabulary(
     vocab: KMeansVocabulary | HammingVocabulary, directory: str | os.PathLike
 ) -> None:
@@ -766,15 +754,17 @@ def save_vocabulary(
         "params": vocab.get_params(),
         "meta": meta,
     }
-    text = json.dumps(doc, indent=2, sort_keys=True)  # fail before touching the disk
+    data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")  # fail early
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / META_FILE
     if json_path.exists():
         json_path.unlink()
     centers = np.ascontiguousarray(vocab.centers_)
-    _atomic_write_bytes(directory / CENTERS_FILE, lambda f: np.save(f, centers, allow_pickle=False))
-    _atomic_write_bytes(json_path, lambda f: f.write((text + "\n").encode("utf-8")))
+    atomic_write(
+        directory / CENTERS_FILE, lambda f: np.save(f, centers, allow_pickle=False), fsync=True
+    )
+    atomic_write(json_path, lambda f: f.write(data), fsync=True)
     logger.info("saved %s vocabulary (%d words) to %s", vocab.kind, doc["n_words"], directory)
 
 
@@ -808,17 +798,7 @@ def load_vocabulary(directory: str | os.PathLike) -> KMeansVocabulary | HammingV
         raise fail(f"missing {META_FILE} (not a vocabulary folder, or an interrupted save)")
     if not npy_path.is_file():
         raise fail(f"missing {CENTERS_FILE}")
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(f"{META_FILE} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise fail(f"{META_FILE} does not hold a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise fail(
-            f"format_version {version!r} is not supported (this cvretrieval reads {FORMAT_VERSION})"
-        )
+    doc = read_json_manifest(json_path, format_version=FORMAT_VERSION, hint=_BUILD_HINT)
     kind = doc.get("kind")
     if kind not in _KINDS:
         raise fail(f"unknown vocabulary kind {kind!r} (expected one of {sorted(_KINDS)})")

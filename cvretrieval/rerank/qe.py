@@ -124,6 +124,21 @@ def _expand(
     return _l2(x0 + np.einsum("nk,nkd->nd", w, gathered))
 
 
+def _expansion_inputs(
+    xq: ArrayLike, xb: ArrayLike, I: ArrayLike, D: ArrayLike | None, k: int  # noqa: E741
+) -> tuple[
+    NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.float64] | None
+]:
+    """Checked queries, database, and the top ``k`` of ``I`` (and ``D``) for query expansion."""
+    q = _matrix(xq, "xq")
+    b = _matrix(xb, "xb")
+    if q.shape[1] != b.shape[1]:
+        raise ValueError(f"xq has dimension {q.shape[1]} but xb {b.shape[1]}")
+    k = _check_k(k)
+    ids, dist = _knn_arrays(I, D, len(q), len(b), k, "query")
+    return q, b, ids[:, :k], None if dist is None else dist[:, :k]
+
+
 def alpha_query_expansion(
     xq: ArrayLike,
     xb: ArrayLike,
@@ -169,14 +184,8 @@ def alpha_query_expansion(
     >>> np.round(out.astype(float), 4).tolist()
     [[0.8944, 0.4472]]
     """
-    q = _matrix(xq, "xq")
-    b = _matrix(xb, "xb")
-    if q.shape[1] != b.shape[1]:
-        raise ValueError(f"xq has dimension {q.shape[1]} but xb {b.shape[1]}")
-    k = _check_k(k)
-    ids, dist = _knn_arrays(I, D, len(q), len(b), k, "query")
+    q, b, ids, dist = _expansion_inputs(xq, xb, I, D, k)
     assert dist is not None
-    ids, dist = ids[:, :k], dist[:, :k]
     return _expand(q, b, ids, _weights(_similarity(dist, metric), alpha))
 
 
@@ -213,13 +222,7 @@ def average_query_expansion(
     >>> np.round(out.astype(float), 4).tolist()
     [[0.7071, 0.7071]]
     """
-    q = _matrix(xq, "xq")
-    b = _matrix(xb, "xb")
-    if q.shape[1] != b.shape[1]:
-        raise ValueError(f"xq has dimension {q.shape[1]} but xb {b.shape[1]}")
-    k = _check_k(k)
-    ids, _ = _knn_arrays(I, None, len(q), len(b), k, "query")
-    ids = ids[:, :k]
+    q, b, ids, _ = _expansion_inputs(xq, xb, I, None, k)
     return _expand(q, b, ids, np.ones(ids.shape, np.float64))
 
 

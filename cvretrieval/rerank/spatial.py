@@ -368,22 +368,14 @@ def _verify(
     try:
         if model == "homography":
             M, inl = cv2.findHomography(src, dst, method, thr, maxIters=iters, confidence=conf)
-        elif model == "affine":
-            M, inl = cv2.estimateAffine2D(
+        else:
+            if model != "affine":  # the partial (similarity) estimator: RANSAC or LMedS only
+                method = method if method in (cv2.RANSAC, cv2.LMEDS) else cv2.RANSAC
+            estimate = cv2.estimateAffine2D if model == "affine" else cv2.estimateAffinePartial2D
+            M, inl = estimate(
                 src,
                 dst,
                 method=method,
-                ransacReprojThreshold=thr,
-                maxIters=iters,
-                confidence=conf,
-                refineIters=int(refine_iters),
-            )
-        else:
-            meth = method if method in (cv2.RANSAC, cv2.LMEDS) else cv2.RANSAC
-            M, inl = cv2.estimateAffinePartial2D(
-                src,
-                dst,
-                method=meth,
                 ransacReprojThreshold=thr,
                 maxIters=iters,
                 confidence=conf,
