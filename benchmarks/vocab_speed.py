@@ -143,7 +143,7 @@ def bench_sift(train, heldout, words, seed, skip_sklearn_above) -> list[dict[str
         base = {"words": k, "n_train": len(train), "n_heldout": len(heldout)}
         faiss_row = {
             **base,
-            "method": "faiss k-means (KMeansVocabulary, niter=20)",
+            "method": f"faiss k-means (KMeansVocabulary, niter={voc.niter})",
             "fit_s": t,
             "assign_heldout_s": t_assign,
             "heldout_distortion": voc.distortion(heldout),
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             "words": words,
             "n_images": len(paths),
             "sklearn_params": "defaults except n_init=1, random_state=seed",
-            "faiss_params": "KMeansVocabulary defaults: niter=20, max_points_per_centroid=256",
+            "faiss_params": "KMeansVocabulary defaults: niter=6, max_points_per_centroid=256",
             "heldout": "descriptors of images not used for training",
             "orb_measure": "mean Hamming bits to the word's binary centre; float-cast centres "
             "binarised by bitwise majority of their training members",
