@@ -533,12 +533,21 @@ def train_group() -> None:
               default="batch-hard", show_default=True)
 @click.option("--head", default="512,256", show_default=True,
               help="Hidden and output sizes of the projection head.")
-@click.option("--residual/--no-residual", default=True, show_default=True,
-              help="Residual head initialised at the identity (generalises to unseen classes).")
+@click.option("--plain", is_flag=True,
+              help="A plain MLP head instead of the residual one initialised at the base.")
+@click.option("--mix", default="auto", show_default=True,
+              help="Weight of the head against the base embedding (0-1), or auto (validation).")
+@click.option("--center", type=click.Choice(["auto", "yes", "no"]), default="auto",
+              show_default=True, help="Centre the base on the training mean.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--patience", type=click.IntRange(1), default=10, show_default=True,
               help="Stop after this many epochs without a better validation mAP.")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: per recipe).")
+@click.option("--batch-p", type=click.IntRange(2), default=16, show_default=True,
+              help="Classes per batch.")
+@click.option("--batch-k", type=click.IntRange(2), default=4, show_default=True,
+              help="Images per class in a batch.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: per loss).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
               help="Fraction of the classes held out for validation (early stopping).")
 @click.option("--backbone", type=click.Choice(["resnet50"]), default=None,
@@ -546,28 +555,42 @@ def train_group() -> None:
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None, help="Backbone weights file (never downloaded).")
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Where base embeddings are cached (default: in the model folder).")
 @click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
 @click.option("--random-state", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Model folder (use it as --features siamese:FOLDER).")
 @common_options
 def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None, mining: str,
-                      head: str, residual: bool, epochs: int, patience: int, lr: float | None,
+                      head: str, plain: bool, mix: str, center: str, epochs: int, patience: int,
+                      batch_p: int, batch_k: int, lr: float | None, weight_decay: float,
                       val_split: float, backbone: str | None, weights: Path | None,
-                      max_side: int, n_jobs: int, random_state: int, output: Path,
-                      out: Output) -> None:
-    """Train a Siamese projection head over a frozen embedder on DATASET's classes."""
+                      max_side: int, cache_dir: Path | None, n_jobs: int, random_state: int,
+                      output: Path, out: Output) -> None:
+    """Train a Siamese projection head over a frozen embedder on DATASET's classes.
+
+    Base embeddings are computed once and cached; the best epoch by validation mAP on
+    held-out classes is kept; the head is saved as ONNX, so `--features siamese:OUTPUT`
+    runs without PyTorch.
+    """
     from .siamese.train import train_siamese
 
-    sizes = tuple(int(v) for v in head.split(",") if v.strip())
+    try:
+        sizes = tuple(int(v) for v in head.split(",") if v.strip())
+        mix_value: str | float = mix if mix == "auto" else float(mix)
+    except ValueError:
+        raise click.UsageError("--head takes sizes like 512,256 and --mix a number or auto") from None
+    centre = {"auto": "auto", "yes": True, "no": False}[center]
     result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
-                           head=sizes, residual=residual, epochs=epochs, patience=patience,
-                           lr=lr, val_split=val_split, max_side=max_side,
-                           random_state=random_state, out_dir=output, progress=out.progress,
-                           n_jobs=n_jobs, backbone=backbone, weights=weights)
-    best = result.get("best_epoch")
-    val = result.get("best_val_map", result.get("val_map"))
-    out.text(f"model written to {output} (best epoch {best}, validation mAP {val}); "
+                           head=sizes, residual=not plain, mix=mix_value, center=centre,
+                           epochs=epochs, patience=patience, batch_p=batch_p, batch_k=batch_k,
+                           lr=lr, weight_decay=weight_decay, val_split=val_split,
+                           max_side=max_side, random_state=random_state, out_dir=output,
+                           cache_dir=cache_dir, progress=out.progress, n_jobs=n_jobs,
+                           backbone=backbone, weights=weights)
+    out.text(f"model written to {output}: validation mAP {result.get('val_mAP', 0):.4f} "
+             f"(base {result.get('base_val_mAP', 0):.4f}, best epoch {result.get('best_epoch')}); "
              f"use it with --features siamese:{output}")
     out.result(result)
 

@@ -121,3 +121,27 @@ def test_index_search_with_whitening_and_query_expansion(tmp_path, copies):
     assert len(with_qe) == len(without) == 3
     res = cli_run("search", bundle, data.query_paths()[0], "--rerank", "sv", ok=False)
     assert res.exit_code == 1 and "--rerank sv" in res.output
+
+
+def test_train_siamese_then_index_with_it(tmp_path, make_textured):
+    pytest.importorskip("torch", reason="cvret train siamese needs the 'siamese' extra")
+    pytest.importorskip("onnxruntime", reason="the trained head runs with the 'deep' extra")
+    import cv2
+
+    root = tmp_path / "classes"
+    for c in range(6):
+        for i in range(4):
+            img = make_textured(900 + c)
+            img = np.roll(img, 7 * i, axis=1)
+            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / f"c{c}" / f"{i}.png"), img)
+    model = tmp_path / "model"
+    res = cli_run("train", "siamese", root, "--base", "hog", "--epochs", 2, "--batch-p", 3,
+                  "--batch-k", 2, "--val-split", 0.34, "--n-jobs", 1, "-o", model, "-q",
+                  "--json", tmp_path / "train.json")
+    info = json.loads((tmp_path / "train.json").read_text())
+    assert (model / "siamese.json").is_file() and info["val_mAP"] >= info["base_val_mAP"] - 1e-9
+    cli_run("index", root, "--features", f"siamese:{model}", "--n-jobs", 1, "-o",
+            tmp_path / "b", "-q")
+    res = cli_run("search", tmp_path / "b", root / "c2" / "0.png", "-k", 1, "--json", "-")
+    assert json.loads(res.stdout)[0]["path"].endswith("0.png")
