@@ -68,10 +68,13 @@ class _Item:
 
 
 def _limit_worker_threads() -> None:
-    """Worker processes already run in parallel: keep OpenCV single-threaded inside them."""
+    """Worker processes already run in parallel: keep OpenCV and Faiss (OpenMP, whose idle
+    threads spin) single-threaded inside them."""
     import cv2
+    import faiss
 
     cv2.setNumThreads(1)
+    faiss.omp_set_num_threads(1)
 
 
 class SVFeatures:

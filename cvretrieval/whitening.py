@@ -43,12 +43,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._json import read_json_manifest, write_json_atomic
+from ._params import ParamsMixin
 from .errors import BundleError, NotFittedError
 
 __all__ = ["PCAWhitening"]
@@ -73,7 +73,7 @@ def _as_matrix(x: ArrayLike, what: str) -> NDArray[np.floating]:
     return a
 
 
-class PCAWhitening:
+class PCAWhitening(ParamsMixin):
     """Learned PCA-whitening (and dimensionality reduction) of global vectors [1]_.
 
     Parameters
@@ -136,19 +136,6 @@ class PCAWhitening:
         self.shrinkage = shrinkage
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` parameters (JSON-serialisable)."""
-        return {
-            "n_components": self.n_components,
-            "whiten": self.whiten,
-            "power": self.power,
-            "shrinkage": self.shrinkage,
-            "random_state": self.random_state,
-        }
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"PCAWhitening({args})"
 
     def _check_params(self) -> None:
         if self.n_components is not None and int(self.n_components) < 1:

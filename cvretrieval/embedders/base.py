@@ -18,7 +18,6 @@ keyword arguments of ``__init__`` (no work there); learned state ends with ``_``
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._json import read_json_manifest, write_json_atomic
+from .._params import ParamsMixin
 from ..errors import BundleError, NotFittedError
 
 FORMAT_VERSION = 1
@@ -45,25 +45,16 @@ def l2_normalize(x: NDArray[np.floating], eps: float = 1e-12) -> NDArray[np.floa
     return np.ascontiguousarray(x / np.maximum(norms, eps), dtype=np.float32)
 
 
-class Embedder:
+class Embedder(ParamsMixin):
     """Base class of every embedder; see the module docstring for the stages."""
 
     #: registry name, e.g. ``"hog"`` or ``"bovw"``
     name: ClassVar[str] = ""
 
     # --- parameters -------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` keyword arguments and their current values (JSON-serialisable)."""
-        sig = inspect.signature(type(self).__init__)
-        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
-
     def spec(self) -> dict[str, Any]:
         """``{"name": ..., "params": {...}}``: enough to rebuild an unfitted copy."""
         return {"name": self.name, "params": self.get_params()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     # --- stages -----------------------------------------------------------------------
     @property

@@ -36,9 +36,9 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from sklearn.base import BaseEstimator
 
 from cvretrieval._json import atomic_write, read_json_manifest
+from cvretrieval._params import ParamsMixin
 from cvretrieval.errors import BundleError, NotFittedError
 
 __all__ = [
@@ -238,7 +238,7 @@ def _majority_update(
     return np.packbits(majority, axis=1), sizes
 
 
-class _VocabularyBase(BaseEstimator):
+class _VocabularyBase(ParamsMixin):
     """Shared fitted-state checks and batched assignment."""
 
     binary: bool = False
