@@ -139,6 +139,28 @@ class LocalFeatureEmbedder(Embedder):
         self.vocabulary_ = load_vocabulary(directory / "vocabulary")
 
 
+#: HNSW assigners built in this process, by vocabulary content: worker processes receive
+#: the embedder without its assigner (pickling a graph per chunk would cost more than the
+#: work), so each worker builds it once and reuses it for every later chunk
+_ASSIGNERS: dict[tuple[str, int], Any] = {}
+
+
+def _hnsw_assigner(vocabulary: Any, random_state: int) -> Any:
+    import hashlib
+
+    from ..features.assign import ApproximateAssigner
+
+    centers = np.ascontiguousarray(vocabulary.centers_)
+    key = (hashlib.sha1(centers.tobytes()).hexdigest(), int(random_state))
+    if key not in _ASSIGNERS:
+        if len(_ASSIGNERS) >= 4:
+            _ASSIGNERS.pop(next(iter(_ASSIGNERS)))
+        _ASSIGNERS[key] = ApproximateAssigner.from_vocabulary(
+            vocabulary, method="hnsw", random_state=random_state
+        ).fit()
+    return _ASSIGNERS[key]
+
+
 class BoVWEmbedder(LocalFeatureEmbedder):
     """Bag of Visual Words: hard assignment to a vocabulary, TF-IDF weighting, L2 norm.
 
@@ -225,11 +247,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         """Visual-word ids of the image's descriptors, ``(N,)`` uint32."""
         if self.assignment == "hnsw":
             if self._assigner is None:
-                from ..features.assign import ApproximateAssigner
-
-                self._assigner = ApproximateAssigner.from_vocabulary(
-                    self.vocabulary_, method="hnsw", random_state=self.random_state or 0
-                ).fit()
+                self._assigner = _hnsw_assigner(self.vocabulary_, self.random_state or 0)
             if len(features.descriptors) == 0:
                 return np.zeros(0, np.uint32)
             return self._assigner.assign(features.descriptors).astype(np.uint32)
