@@ -900,19 +900,52 @@ class Retriever:
         """
         self._check_built()
         steps = self._steps(rerank)
-        X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
+        X, rows, errors, feats = self._embed_for(steps, queries, bboxes, progress)
         k = int(k)
         D = np.full((len(queries), k), np.nan, np.float32)
         I = np.full((len(queries), k), -1, np.int64)  # noqa: E741 - Faiss's name
         if rows:
             boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
             d, p = self._rerank_search(X, k, steps, [queries[r] for r in rows],
-                                       [boxes[r] for r in rows])
+                                       [boxes[r] for r in rows],
+                                       [feats[r] for r in rows] if feats else None)
             D[rows], I[rows] = d, self._to_ids(p)
         failed = [qi for qi, e in enumerate(errors) if e]
         for qi in failed:
             logger.warning("query skipped: %s", errors[qi])
         return D, I, failed
+
+    def _embed_for(
+        self,
+        steps: Sequence[str],
+        queries: Sequence[Any],
+        bboxes: Sequence[BBox | None] | None,
+        progress: bool | None,
+    ) -> tuple[Any, list[int], list[str], list[Any]]:
+        """Query vectors; with spatial verification on the embedder's own key points, the
+        features are extracted once, here, and kept for the verification."""
+        if "sv" not in steps or not self._sv.own:
+            X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
+            return X, rows, errors, []
+        boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+        feats: list[Any] = [None] * len(queries)
+        errors = [""] * len(queries)
+        reduced: dict[int, Any] = {}
+        for qi, (q, bb) in enumerate(zip(queries, boxes)):
+            try:
+                f, words = self._query_features(q, bb)
+                feats[qi] = (f, words)
+                reduced[qi] = words if words is not None else self.embedder.reduce(f)
+            except (ImageReadError, ValueError, OSError) as exc:
+                errors[qi] = str(exc)
+        rows = sorted(reduced)
+        if not rows:
+            X = np.zeros((0, self.dim), np.float32)
+        else:
+            X = self._encode([reduced[i] for i in rows])
+            if not self.sparse:
+                X = np.ascontiguousarray(X, np.float32)
+        return X, rows, errors, feats
 
     def _rerank_search(
         self,
@@ -921,6 +954,7 @@ class Retriever:
         steps: Sequence[str],
         queries: Sequence[Any],
         bboxes: Sequence[BBox | None],
+        query_features: Sequence[Any] | None = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Search and re-rank; positions in the index."""
         if "sv" not in steps:
@@ -938,7 +972,10 @@ class Retriever:
         verified: list[NDArray[np.int64]] = []
         for j, (query, bbox) in enumerate(zip(queries, bboxes)):
             try:
-                feats, words = self._query_features(query, bbox)
+                if query_features is not None and query_features[j] is not None:
+                    feats, words = query_features[j]
+                else:
+                    feats, words = self._query_features(query, bbox)
             except (ImageReadError, ValueError) as exc:  # the vector search still stands
                 logger.warning("no spatial verification for query %d: %s", j, exc)
                 verified.append(np.zeros(0, np.int64))
@@ -1012,10 +1049,10 @@ class Retriever:
         """
         self._check_built()
         steps = self._steps(rerank)
-        X, rows, errors = self.embed_queries([query], [bbox])
+        X, rows, errors, feats = self._embed_for(steps, [query], [bbox], False)
         if not rows:
             raise ImageReadError(errors[0])
-        D, P = self._rerank_search(X, k, steps, [query], [bbox])
+        D, P = self._rerank_search(X, k, steps, [query], [bbox], feats or None)
         I = self._to_ids(P)  # noqa: E741
         paths = self.catalog.paths
         return [
