@@ -218,6 +218,30 @@ def _show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
+def read_bundle_manifest(root: Path) -> dict[str, Any]:
+    """The checked ``manifest.json`` of a bundle folder; :class:`BundleError` saying what is
+    wrong (not a folder, no or unreadable manifest, another bundle format)."""
+    from ._json import read_json_manifest
+
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is a file, not a folder"
+        raise BundleError(f"{root} {what}, so it is not a bundle folder: pass one written by "
+                          "`cvret index -o`")
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{root} has no manifest.json: it is not a cvretrieval bundle "
+                          "(make one with `cvret index`)")
+    manifest = read_json_manifest(mpath)
+    if manifest.get("format") != "cvretrieval-bundle":
+        raise BundleError(f"{mpath} is not a cvretrieval bundle manifest")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{root} has bundle format {manifest.get('format_version')!r}; this cvretrieval "
+            f"reads {BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
+        )
+    return manifest
+
+
 RERANK_STEPS = ("sv", "qe")
 
 
@@ -1131,22 +1155,7 @@ class Retriever:
     def load(cls, path: str | os.PathLike, *, n_jobs: int = -1) -> Retriever:
         """Open a bundle folder and check that its parts agree."""
         root = Path(path)
-        mpath = root / "manifest.json"
-        if not root.is_dir():
-            raise BundleError(f"{root} is not a bundle folder: create one with `cvret index`")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except FileNotFoundError:
-            raise BundleError(f"{root} has no manifest.json: it is not a cvretrieval bundle") from None
-        except ValueError as exc:
-            raise BundleError(f"{mpath} is not valid JSON ({exc})") from None
-        if manifest.get("format") != "cvretrieval-bundle":
-            raise BundleError(f"{mpath} is not a cvretrieval bundle manifest")
-        if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-            raise BundleError(
-                f"{root} has bundle format {manifest.get('format_version')!r}; this cvretrieval "
-                f"reads {BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
-            )
+        manifest = read_bundle_manifest(root)
         embedder = load_embedder(root / "embedder")
         if manifest.get("index", {}).get("type") == "sparse-inverted-file":
             from .sparse import SparseIndex

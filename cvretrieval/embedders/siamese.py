@@ -12,7 +12,6 @@ processes), and ``encode`` runs the base's ``encode`` then the head.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -22,8 +21,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._json import read_json_manifest
 from ..errors import BundleError, MissingExtraError
 from .base import Embedder, l2_normalize
+from .deep import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ MODEL_FORMAT = "cvretrieval-siamese"
 MODEL_FORMAT_VERSION = 1
 #: file written next to ``embedder.json`` when a bundle saves this embedder
 REF_FILE = "siamese_ref.json"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
@@ -50,15 +42,9 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
         raise BundleError(
             f"Siamese model folder {d} does not exist: train one with `cvret train siamese`"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(
-            f"{path} is missing: {d} is not a (complete) Siamese model; train one with "
-            "`cvret train siamese`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
+    meta = read_json_manifest(
+        path, missing=f"{d} is not a (complete) Siamese model; train one with `cvret train siamese`"
+    )
     if meta.get("format") != MODEL_FORMAT:
         raise BundleError(f"{path} is not a cvretrieval Siamese model description")
     if meta.get("format_version") != MODEL_FORMAT_VERSION:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import BundleError, ImageReadError
+from ..errors import ImageReadError
 from ..io import IMAGE_EXTENSIONS, read_image
 
 logger = logging.getLogger(__name__)
@@ -109,30 +108,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``path`` is not a folder, has no readable manifest, or the manifest is not a
         cvretrieval bundle manifest of a format this version reads.
     """
-    from ..retriever import BUNDLE_FORMAT_VERSION
+    from ..retriever import read_bundle_manifest
 
-    root = Path(path)
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is a file, not a folder"
-        raise BundleError(f"{root} {what}: pass a bundle folder written by `cvret index -o`")
-    mpath = root / "manifest.json"
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(
-            f"{root} has no manifest.json: it is not a cvretrieval bundle "
-            "(make one with `cvret index`)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{mpath} cannot be read as JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "cvretrieval-bundle":
-        raise BundleError(f"{mpath} is not a cvretrieval bundle manifest")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise BundleError(
-            f"{root} has bundle format {manifest.get('format_version')!r}; this cvretrieval reads "
-            f"{BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
-        )
-    return manifest
+    return read_bundle_manifest(Path(path))
 
 
 def decode_upload(data: bytes, name: str, max_mb: float) -> NDArray[np.uint8]:
