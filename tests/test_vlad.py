@@ -10,7 +10,8 @@ import pytest
 
 from cvretrieval.errors import BundleError, NotFittedError
 from cvretrieval.features.local import LocalFeatures
-from cvretrieval.features.vlad import nearest_centers, residual_sums, signed_power, vlad
+from cvretrieval.features.vlad import residual_sums, signed_power, vlad
+from cvretrieval.features.vocabulary import nearest_centers
 
 # two words in 2-D, and two descriptors, one per word:
 #   x1 = (1, 2) -> word 0 (dist^2 5 vs 13), residual (1, 2)
@@ -88,8 +89,10 @@ def test_nearest_centers_matches_brute_force():
     rng = np.random.default_rng(2)
     c = rng.normal(size=(7, 4))
     x = rng.normal(size=(50, 4))
-    brute = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(axis=2), axis=1)
-    assert np.array_equal(nearest_centers(x, c, batch_size=8), brute)
+    d2 = ((x[:, None, :] - c[None]) ** 2).sum(axis=2)
+    ids, dist = nearest_centers(x.astype(np.float32), c.astype(np.float32), max_rows=8)
+    assert np.array_equal(ids, np.argmin(d2, axis=1))
+    np.testing.assert_allclose(dist, d2.min(axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_signed_power():

@@ -161,6 +161,24 @@ def test_kmeans_assign_matches_brute_force():
     np.testing.assert_array_equal(words[clear], best[clear])
 
 
+def test_kmeans_assign_agrees_with_faiss_flat_search_on_sift_range_data():
+    # the one-GEMM assignment against the Faiss exhaustive search it replaced, on
+    # descriptors in SIFT's range (0..255, norms ~512), where rounding matters most
+    import faiss
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, size=(6000, 128)).astype(np.float32)
+    voc = KMeansVocabulary(n_words=300, niter=3).fit(x)
+    q = rng.integers(0, 256, size=(700, 128)).astype(np.float32)
+    ids, dist = voc.assign_multi(q, 1)
+    index = faiss.IndexFlatL2(128)
+    index.add(voc.centers_)
+    d_ref, i_ref = index.search(q, 1)
+    np.testing.assert_allclose(dist[:, 0], d_ref[:, 0], rtol=1e-4)
+    assert (ids[:, 0] == i_ref[:, 0]).mean() > 0.99  # differences only at near-ties
+    assert voc.distortion(q) == pytest.approx(float(d_ref.mean()), rel=1e-5)
+
+
 def test_kmeans_assign_multi_sorted_and_consistent():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(800, 8)).astype(np.float32)

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = ["document_frequencies", "idf_weights", "term_frequencies", "tfidf", "to_dense"]
 
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 def _as_csr(x: Any) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     if sp.issparse(x):
         out = sp.csr_matrix(x)
     else:
@@ -94,6 +98,8 @@ def term_frequencies(
     array([[1., 0., 2.],
            [0., 0., 0.]], dtype=float32)
     """
+    import scipy.sparse as sp
+
     n_words = int(n_words)
     if n_words < 1:
         raise ValueError(f"n_words must be at least 1, got {n_words}")
@@ -239,5 +245,7 @@ def to_dense(x: Any) -> NDArray[np.float32]:
     -------
     (n, n_words) float32 ndarray, C-contiguous
     """
+    import scipy.sparse as sp
+
     arr = x.toarray() if sp.issparse(x) else np.asarray(x)
     return np.ascontiguousarray(arr, dtype=np.float32)

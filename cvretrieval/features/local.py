@@ -139,7 +139,7 @@ def rootsift(descriptors: NDArray[np.float32], eps: float = 1e-7) -> NDArray[np.
     --------
     >>> import numpy as np
     >>> d = rootsift(np.array([[1.0, 3.0, 0.0]], np.float32))
-    >>> np.round(d, 3).tolist()
+    >>> np.round(d.astype(float), 3).tolist()
     [[0.5, 0.866, 0.0]]
     """
     d = np.asarray(descriptors, np.float32)

@@ -26,10 +26,11 @@ References
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["nearest_centers", "residual_sums", "signed_power", "vlad"]
+from .vocabulary import nearest_centers
+
+__all__ = ["residual_sums", "signed_power", "vlad"]
 
 _EPS = 1e-12
 
@@ -60,40 +61,6 @@ def _check_descriptors(descriptors: ArrayLike, d: int) -> NDArray[np.float32]:
     return x
 
 
-def nearest_centers(
-    descriptors: ArrayLike, centers: ArrayLike, *, batch_size: int = 4096
-) -> NDArray[np.int64]:
-    """Index of the nearest centre (squared Euclidean distance) of each descriptor.
-
-    Parameters
-    ----------
-    descriptors : (n, d) array_like of float
-    centers : (k, d) array_like of float
-    batch_size : int, default 4096
-        Descriptors handled per step (bounds the ``(batch, k)`` distance matrix).
-
-    Returns
-    -------
-    (n,) int64 ndarray
-        Ties go to the lowest index.
-
-    Examples
-    --------
-    >>> nearest_centers([[0.9, 0.0], [0.1, 1.2]], [[0.0, 1.0], [1.0, 0.0]]).tolist()
-    [1, 0]
-    """
-    c = _check_centers(centers)
-    x = _check_descriptors(descriptors, c.shape[1]).astype(np.float64)
-    c64 = c.astype(np.float64)
-    c_sq = (c64 * c64).sum(axis=1)
-    out = np.empty(len(x), np.int64)
-    for lo in range(0, len(x), max(1, int(batch_size))):
-        xb = x[lo : lo + batch_size]
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row
-        out[lo : lo + len(xb)] = np.argmin(c_sq[None, :] - 2.0 * xb @ c64.T, axis=1)
-    return out
-
-
 def residual_sums(
     descriptors: ArrayLike, centers: ArrayLike, assignments: ArrayLike | None = None
 ) -> NDArray[np.float32]:
@@ -116,6 +83,8 @@ def residual_sums(
     >>> residual_sums([[1.0, 1.0], [3.0, 1.0]], [[0.0, 0.0], [2.0, 2.0]], [1, 1]).tolist()
     [[0.0, 0.0], [0.0, -2.0]]
     """
+    import scipy.sparse as sp
+
     c = _check_centers(centers)
     k, d = c.shape
     x = _check_descriptors(descriptors, d)
@@ -123,7 +92,7 @@ def residual_sums(
     if n == 0:
         return np.zeros((k, d), np.float32)
     if assignments is None:
-        a = nearest_centers(x, c)
+        a = nearest_centers(x, c)[0]
     else:
         a = np.asarray(assignments).astype(np.int64, copy=False).ravel()
         if a.shape != (n,):
