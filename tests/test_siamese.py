@@ -359,16 +359,6 @@ def test_public_names_resolve():
         assert getattr(siamese, name) is not None
 
 
-def test_backbone_needs_torchvision(tmp_path):
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        with pytest.raises(MissingExtraError, match="torchvision"):
-            train_siamese(tmp_path, base="hog", backbone="resnet50", out_dir=tmp_path / "m")
-    else:
-        pytest.skip("torchvision is installed: the MissingExtraError path cannot be exercised")
-
-
 # --------------------------------------------------------------------------- end to end
 def _write_classes(root: Path, n_classes=6, n_per=5) -> Path:
     import cv2

@@ -213,8 +213,12 @@ def make_embedder(spec: str, **params: Any) -> Embedder:
     return emb
 
 
-def load_embedder(directory: str | Path) -> Embedder:
-    """Rebuild a fitted embedder saved by :meth:`Embedder.save`."""
+def load_embedder(directory: str | Path, **overrides: Any) -> Embedder:
+    """Rebuild a fitted embedder saved by :meth:`Embedder.save`.
+
+    ``overrides`` replace saved parameters, e.g. the ``model_path`` of a model file that
+    moved together with the folder that refers to it.
+    """
     d = Path(directory)
     meta = read_embedder_meta(d)
     try:
@@ -223,6 +227,7 @@ def load_embedder(directory: str | Path) -> Embedder:
         raise BundleError(f"{d}: {exc} (is the plug-in that made it installed?)") from None
     params = dict(meta["params"])
     params.pop("vocabulary", None)  # the fitted vocabulary is inside the bundle
+    params.update(overrides)
     emb = cls(**params)
     emb._load_state(d)
     if emb.dim != meta.get("dim", emb.dim):

@@ -2,7 +2,8 @@
 
 ``MODEL_DIR`` is written by :func:`cvretrieval.siamese.train_siamese` (``cvret train
 siamese``): ``siamese.json``, the fitted base embedder in ``base/`` and the head in
-``head.onnx``. Embedding needs onnxruntime (extra ``deep``) and whatever the base needs,
+``head.onnx`` (and, for a fine-tuned CNN, the network up to GeM pooling in
+``backbone.onnx``, the base's model file). Embedding needs onnxruntime (extra ``deep``) and whatever the base needs,
 never PyTorch.
 
 The embedder is staged like its base: ``extract``, ``reduce`` and ``fit_corpus`` are the
@@ -138,7 +139,11 @@ class SiameseEmbedder(Embedder):
 
         base_dir = model_dir / meta["base"].get("dir", "base")
         if (base_dir / "embedder.json").is_file():
-            base = load_embedder(base_dir)
+            # a network file kept inside the model folder (a fine-tuned backbone) is found
+            # there, wherever the folder was moved
+            inside = meta["base"].get("model_file")
+            overrides = {"model_path": str(model_dir / inside)} if inside else {}
+            base = load_embedder(base_dir, **overrides)
         else:
             base = make_embedder(meta["base"]["name"], **meta["base"].get("params", {}))
             if base.needs_fit:

@@ -572,9 +572,9 @@ def train_siamese(
     residual: bool = True,
     mix: str | float = "auto",
     center: str | bool = "auto",
-    epochs: int = 30,
-    patience: int | None = 10,
-    batch_p: int = 16,
+    epochs: int | None = None,
+    patience: int | str | None = "auto",
+    batch_p: int | None = None,
     batch_k: int = 4,
     lr: float | None = None,
     weight_decay: float = 1e-4,
@@ -587,6 +587,10 @@ def train_siamese(
     n_jobs: int = -1,
     backbone: str | None = None,
     weights: str | os.PathLike | None = None,
+    input_size: int = 224,
+    freeze: int = 3,
+    dim: int | None = None,
+    steps_per_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train a Siamese head on a labelled image set and write ``out_dir`` (a model folder).
 
@@ -615,10 +619,12 @@ def train_siamese(
     center : 'auto' or bool, default 'auto'
         Subtract the mean of the training embeddings from the base part of the output;
         ``auto`` does it when it scores better on the validation classes.
-    epochs : int, default 30
-    patience : int or None, default 10
-        Stop after this many epochs without a better validation mAP.
-    batch_p, batch_k : int, default 16, 4
+    epochs : int, optional
+        Default 30 for a head, 10 with ``backbone``.
+    patience : int, 'auto' or None, default 'auto'
+        Stop after this many epochs without a better validation mAP ('auto': 10 for a
+        head, 3 with ``backbone``; None: never).
+    batch_p, batch_k : int, default 16 (8 with ``backbone``), 4
         Classes per batch and images per class.
     lr : float, optional
         AdamW learning rate; default 3e-4 (triplet) or 1e-3 (contrastive).
@@ -640,8 +646,19 @@ def train_siamese(
     n_jobs : int, default -1
         Worker processes for the base embeddings (-1: all cores). The head trains on one
         PyTorch thread, which is the fastest for a model this small.
-    backbone, weights : str, optional
-        End-to-end fine-tuning of a torchvision CNN (not available in this version).
+    backbone : str, optional
+        Fine-tune a CNN end to end instead of training a head on frozen embeddings:
+        ``resnet50`` (or ``resnet18/34/101/152``) with GeM pooling and a linear projection
+        (:mod:`cvretrieval.siamese.backbone`); ``base``, ``head``, ``residual``, ``mix``
+        and ``center`` are then not used.
+    weights : path, optional
+        With ``backbone``: a torchvision-style state dict of that ResNet (e.g. ImageNet
+        weights saved with ``torch.save(model.state_dict(), FILE)``); never downloaded.
+        Without it the network starts from random weights.
+    input_size, freeze, dim, steps_per_epoch
+        With ``backbone``: square input size (224), number of first stages kept frozen
+        (3: stem, layer1 and layer2), output dimension (default the trunk's channels),
+        batches per epoch (default one pass over the training images).
 
     Returns
     -------
@@ -662,8 +679,6 @@ def train_siamese(
     from . import require_torch
 
     require_torch()
-    if backbone is not None:
-        _check_backbone(backbone, weights)
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -671,9 +686,28 @@ def train_siamese(
             "exporting the head needs onnx (the 'siamese' extra): "
             "pip install 'cvretrieval[siamese]'"
         ) from None
+    heavy = backbone is not None
+    epochs = int(epochs if epochs is not None else (10 if heavy else 30))
+    batch_p = int(batch_p if batch_p is not None else (8 if heavy else 16))
+    if patience == "auto":
+        patience = 3 if heavy else 10
     out = Path(out_dir)
+    if backbone is not None:
+        from .backbone import ARCHS
+
+        if backbone not in ARCHS:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(ARCHS)}")
     _prepare_out_dir(out)
     paths, labels, names, data_name = _as_training_set(dataset_or_path)
+    if backbone is not None:
+        return _train_backbone(
+            out, paths, labels, names, data_name, arch=backbone, weights=weights,
+            input_size=input_size, freeze=freeze, dim=dim, steps_per_epoch=steps_per_epoch,
+            loss=loss, margin=margin, mining=mining, epochs=epochs, patience=patience,
+            batch_p=batch_p, batch_k=batch_k, lr=lr, weight_decay=weight_decay,
+            val_split=val_split, max_side=max_side, random_state=random_state,
+            progress=progress, n_jobs=n_jobs,
+        )
     embedder = resolve_base(base)
 
     t0 = time.perf_counter()
@@ -757,16 +791,107 @@ def train_siamese(
     }
 
 
-def _check_backbone(backbone: str, weights: str | os.PathLike | None) -> None:
-    """End-to-end CNN fine-tuning is not part of this version: say what to do instead."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        raise MissingExtraError(
-            f"backbone={backbone!r} needs torchvision (pip install torchvision matching your "
-            "torch), and a local weights file (weights=FILE; nothing is downloaded)"
-        ) from None
-    raise CVRetrievalError(
-        f"backbone={backbone!r}: end-to-end fine-tuning of a CNN is not implemented yet; train a "
-        "head on frozen embeddings instead (base='tflite:...', 'onnx:...' or 'torchscript:...')"
+def _train_backbone(
+    out: Path, paths: list[Path], labels: NDArray[np.int64], names: list[str], data_name: str,
+    *, arch: str, weights: str | os.PathLike | None, input_size: int, freeze: int,
+    dim: int | None, steps_per_epoch: int | None, loss: str, margin: float | None,
+    mining: str, epochs: int, patience: int | None, batch_p: int, batch_k: int,
+    lr: float | None, weight_decay: float, val_split: float, max_side: int | None,
+    random_state: int, progress: bool | None, n_jobs: int,
+) -> dict[str, Any]:
+    """``train_siamese(backbone=...)``: fine-tune a ResNet + GeM and write the model folder
+    as a base (``backbone.onnx`` through the ONNX adapter) plus a head (the projection)."""
+    from ..embedders.deep import ONNXEmbedder
+    from .backbone import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        decode_images,
+        export_backbone_onnx,
+        fit_backbone,
     )
+    from .head import export_onnx
+
+    t0 = time.perf_counter()
+    images, rows, errors = decode_images(paths, int(input_size), max_side=max_side,
+                                         n_jobs=n_jobs, progress=progress)
+    embed_seconds = time.perf_counter() - t0
+    y = labels[rows]
+    train_mask, val_mask = split_classes(y, val_split, random_state)
+    model, info = fit_backbone(
+        images[train_mask], y[train_mask], images_val=images[val_mask], y_val=y[val_mask],
+        arch=arch, weights=weights, dim=dim, freeze=freeze, loss=loss, margin=margin,
+        mining=mining, epochs=epochs, steps_per_epoch=steps_per_epoch, patience=patience,
+        batch_p=batch_p, batch_k=batch_k, lr=lr, weight_decay=weight_decay,
+        random_state=random_state, progress=progress,
+    )
+    backbone_path = export_backbone_onnx(model.backbone, out / "backbone.onnx", input_size)
+    head_path = export_onnx(model.proj, out / "head.onnx", in_dim=model.backbone.dim)
+    base = ONNXEmbedder(str(backbone_path.resolve()), input_size=int(input_size),
+                        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    base.validate()
+    base_dir = out / "base"
+    if base_dir.exists():
+        shutil.rmtree(base_dir)
+    base.save(base_dir)
+    classes_train = sorted({names[c] for c in np.unique(y[train_mask])})
+    classes_val = sorted({names[c] for c in np.unique(y[val_mask])})
+    figures = []
+    fig = _plot_history(info["history"], info["best_epoch"], out / "training.png")
+    if fig is not None:
+        figures.append(str(fig))
+    weights_info = None
+    if weights is not None:
+        weights_info = {**info["weights"], "sha256": file_sha256(Path(weights).expanduser())}
+    config = {
+        "backbone": arch, "input_size": int(input_size), "freeze": int(freeze),
+        "loss": loss, "margin": info["margin"], "mining": mining, "lr": info["lr"],
+        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "patience": patience,
+        "batch_p": batch_p, "batch_k": batch_k, "weight_decay": weight_decay,
+        "val_split": val_split, "max_side": max_side, "random_state": random_state,
+    }
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cvretrieval": __version__,
+        "base": {**base.spec(), "dim": base.dim, "dir": "base", "model_file": "backbone.onnx"},
+        "head": {"file": "head.onnx", "sha256": file_sha256(head_path),
+                 "in_dim": model.backbone.dim, "out_dim": model.out_dim, "hidden": [],
+                 "residual": False, "beta": 1.0, "centered": False},
+        "backbone": {"arch": arch, "weights": weights_info, "gem_p": info["gem_p"],
+                     "freeze": int(freeze), "input_size": int(input_size)},
+        "dim": model.out_dim,
+        "max_side": max_side,
+        "dataset": data_name,
+        "training": config,
+        "classes_train": classes_train,
+        "classes_val": classes_val,
+        "best_epoch": info["best_epoch"],
+        "val_mAP": info["val_mAP"],
+        "base_val_mAP": info["base_val_mAP"],
+        "centered_val_mAP": None,
+        "history": info["history"],
+    }
+    (out / "siamese.json").write_text(json.dumps(meta, indent=2, default=str))
+    logger.info("wrote the fine-tuned %s to %s (best epoch %d)", arch, out, info["best_epoch"])
+    return {
+        "model_dir": str(out),
+        "dim": model.out_dim,
+        "base": base.spec(),
+        "backbone": meta["backbone"],
+        "history": info["history"],
+        "best_epoch": info["best_epoch"],
+        "beta": 1.0,
+        "center": False,
+        "val_mAP": info["val_mAP"],
+        "base_val_mAP": info["base_val_mAP"],
+        "centered_val_mAP": None,
+        "train_seconds": info["train_seconds"],
+        "n_train": int(train_mask.sum()),
+        "n_val": int(val_mask.sum()),
+        "classes_train": classes_train,
+        "classes_val": classes_val,
+        "skipped": errors,
+        "embed_seconds": round(embed_seconds, 2),
+        "figures": figures,
+    }
