@@ -745,50 +745,12 @@ def train_siamese(
         "weight_decay": weight_decay, "val_split": val_split, "max_side": max_side,
         "random_state": random_state,
     }
-    classes_train = sorted({names[c] for c in np.unique(y[train_mask])})
-    classes_val = sorted({names[c] for c in np.unique(y[val_mask])})
-    figures = []
-    fig = _plot_history(info["history"], info["best_epoch"], out / "training.png")
-    if fig is not None:
-        figures.append(str(fig))
-    meta = {
-        "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cvretrieval": __version__,
-        "base": {**fitted.spec(), "dim": fitted.dim, "dir": "base"},
-        "head": {"file": "head.onnx", "sha256": file_sha256(head_path), "in_dim": model.in_dim,
+    base_meta = {**fitted.spec(), "dim": fitted.dim, "dir": "base"}
+    head_meta = {"file": "head.onnx", "sha256": file_sha256(head_path), "in_dim": model.in_dim,
                  "out_dim": model.out_dim, "hidden": list(model.head.hidden),
-                 "residual": residual, "beta": model.beta, "centered": model.centered},
-        "dim": model.out_dim,
-        "max_side": max_side,
-        "dataset": data_name,
-        "training": config,
-        "classes_train": classes_train,
-        "classes_val": classes_val,
-        "best_epoch": info["best_epoch"],
-        "val_mAP": info["val_mAP"],
-        "base_val_mAP": info["base_val_mAP"],
-        "centered_val_mAP": info["centered_val_mAP"],
-        "history": info["history"],
-    }
-    (out / "siamese.json").write_text(json.dumps(meta, indent=2, default=str))
-    logger.info("wrote the Siamese model to %s (best epoch %d, beta %.2f)", out,
-                info["best_epoch"], model.beta)
-    return {
-        "model_dir": str(out),
-        "dim": model.out_dim,
-        "base": fitted.spec(),
-        **{k: info[k] for k in ("history", "best_epoch", "beta", "center", "val_mAP",
-                                "base_val_mAP", "centered_val_mAP", "train_seconds")},
-        "n_train": int(train_mask.sum()),
-        "n_val": int(val_mask.sum()),
-        "classes_train": classes_train,
-        "classes_val": classes_val,
-        "skipped": skipped,
-        "embed_seconds": round(embed_seconds, 2),
-        "figures": figures,
-    }
+                 "residual": residual, "beta": model.beta, "centered": model.centered}
+    return _write_model(out, base_meta, head_meta, model.out_dim, config, info, data_name,
+                        max_side, y, train_mask, val_mask, names, skipped, embed_seconds)
 
 
 def _train_backbone(
@@ -833,12 +795,6 @@ def _train_backbone(
     if base_dir.exists():
         shutil.rmtree(base_dir)
     base.save(base_dir)
-    classes_train = sorted({names[c] for c in np.unique(y[train_mask])})
-    classes_val = sorted({names[c] for c in np.unique(y[val_mask])})
-    figures = []
-    fig = _plot_history(info["history"], info["best_epoch"], out / "training.png")
-    if fig is not None:
-        figures.append(str(fig))
     weights_info = None
     if weights is not None:
         weights_info = {**info["weights"], "sha256": file_sha256(Path(weights).expanduser())}
@@ -849,49 +805,65 @@ def _train_backbone(
         "batch_p": batch_p, "batch_k": batch_k, "weight_decay": weight_decay,
         "val_split": val_split, "max_side": max_side, "random_state": random_state,
     }
+    base_meta = {**base.spec(), "dim": base.dim, "dir": "base", "model_file": "backbone.onnx"}
+    head_meta = {"file": "head.onnx", "sha256": file_sha256(head_path),
+                 "in_dim": model.backbone.dim, "out_dim": model.out_dim, "hidden": [],
+                 "residual": False, "beta": 1.0, "centered": False}
+    extra = {"backbone": {"arch": arch, "weights": weights_info, "gem_p": info["gem_p"],
+                          "freeze": int(freeze), "input_size": int(input_size)}}
+    info = {**info, "beta": 1.0, "center": False, "centered_val_mAP": None}
+    return _write_model(out, base_meta, head_meta, model.out_dim, config, info, data_name,
+                        max_side, y, train_mask, val_mask, names, errors, embed_seconds, extra)
+
+
+def _write_model(
+    out: Path, base_meta: dict[str, Any], head_meta: dict[str, Any], dim: int,
+    config: dict[str, Any], info: dict[str, Any], data_name: str, max_side: int | None,
+    y: NDArray[np.int64], train_mask: NDArray[np.bool_], val_mask: NDArray[np.bool_],
+    names: list[str], skipped: list[str], embed_seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``training.png`` and, last, ``siamese.json`` (the folder is complete once it
+    exists); return what :func:`train_siamese` returns."""
+    classes_train = sorted({names[c] for c in np.unique(y[train_mask])})
+    classes_val = sorted({names[c] for c in np.unique(y[val_mask])})
+    figures = []
+    fig = _plot_history(info["history"], info["best_epoch"], out / "training.png")
+    if fig is not None:
+        figures.append(str(fig))
+    scores = {k: info[k] for k in ("best_epoch", "val_mAP", "base_val_mAP", "centered_val_mAP")}
     meta = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cvretrieval": __version__,
-        "base": {**base.spec(), "dim": base.dim, "dir": "base", "model_file": "backbone.onnx"},
-        "head": {"file": "head.onnx", "sha256": file_sha256(head_path),
-                 "in_dim": model.backbone.dim, "out_dim": model.out_dim, "hidden": [],
-                 "residual": False, "beta": 1.0, "centered": False},
-        "backbone": {"arch": arch, "weights": weights_info, "gem_p": info["gem_p"],
-                     "freeze": int(freeze), "input_size": int(input_size)},
-        "dim": model.out_dim,
+        "base": base_meta,
+        "head": head_meta,
+        **(extra or {}),
+        "dim": dim,
         "max_side": max_side,
         "dataset": data_name,
         "training": config,
         "classes_train": classes_train,
         "classes_val": classes_val,
-        "best_epoch": info["best_epoch"],
-        "val_mAP": info["val_mAP"],
-        "base_val_mAP": info["base_val_mAP"],
-        "centered_val_mAP": None,
+        **scores,
         "history": info["history"],
     }
     (out / "siamese.json").write_text(json.dumps(meta, indent=2, default=str))
-    logger.info("wrote the fine-tuned %s to %s (best epoch %d)", arch, out, info["best_epoch"])
+    logger.info("wrote the model to %s (best epoch %d)", out, info["best_epoch"])
+    base_spec = {k: v for k, v in base_meta.items() if k not in ("dim", "dir", "model_file")}
     return {
         "model_dir": str(out),
-        "dim": model.out_dim,
-        "base": base.spec(),
-        "backbone": meta["backbone"],
-        "history": info["history"],
-        "best_epoch": info["best_epoch"],
-        "beta": 1.0,
-        "center": False,
-        "val_mAP": info["val_mAP"],
-        "base_val_mAP": info["base_val_mAP"],
-        "centered_val_mAP": None,
-        "train_seconds": info["train_seconds"],
+        "dim": dim,
+        "base": base_spec,
+        **(extra or {}),
+        **{k: info[k] for k in ("history", "beta", "center", "train_seconds")},
+        **scores,
         "n_train": int(train_mask.sum()),
         "n_val": int(val_mask.sum()),
         "classes_train": classes_train,
         "classes_val": classes_val,
-        "skipped": errors,
+        "skipped": skipped,
         "embed_seconds": round(embed_seconds, 2),
         "figures": figures,
     }
