@@ -1,7 +1,8 @@
-"""Compare embedders on one data set: quality (mAP, P@k, N-S) and time, one markdown table.
+r"""Compare embedders on one data set: quality (mAP, P@k, N-S) and time, one markdown table.
 
     python benchmarks/compare_features.py ../shared/datasets/ukbench-56
-    python benchmarks/compare_features.py ../shared/datasets/caltech101-dev --features hog,bovw-orb,bovw-sift
+    python benchmarks/compare_features.py ../shared/datasets/caltech101-dev \
+        --features hog,bovw-orb,bovw-sift
     python benchmarks/compare_features.py ../shared/datasets/ukbench-56 --seeds 0,1,2,3,4
 
 With several ``--seeds`` every fitted model (vocabulary sample, k-means) is rebuilt per
@@ -60,7 +61,8 @@ def run_one(spec: str, data, *, index: str, n_words: int, n_jobs: int, random_st
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--features", default="hog,bovw-orb,bovw-sift")
     ap.add_argument("--index", default="flat")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-jobs", type=int, default=-1)
     ap.add_argument("--random-state", type=int, default=0)
     ap.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows means")
-    ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/out/compare_<name>.json)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default benchmarks/out/compare_<name>.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     data = load_dataset(args.dataset)
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     out = args.out or OUT / f"compare_{name}.json"
     write_json(out, {"dataset": str(args.dataset), "summary": data.summary(), "index": args.index,
-                     "words": args.words, "seeds": seeds, "rows": rows, "table": table, "machine": machine()})
+                     "words": args.words, "seeds": seeds, "rows": rows, "table": table,
+                     "machine": machine()})
     print(f"\nwritten {out}")
 
 

@@ -76,7 +76,8 @@ class Catalog:
         try:
             con.execute(SCHEMA)
             con.executemany(
-                "INSERT INTO images VALUES (:id, :path, :sha1, :n_bytes, :width, :height, :status, :error)",
+                "INSERT INTO images VALUES "
+                "(:id, :path, :sha1, :n_bytes, :width, :height, :status, :error)",
                 (asdict(e) for e in self.entries),
             )
             con.commit()
@@ -92,7 +93,8 @@ class Catalog:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
                 rows = con.execute(
-                    "SELECT id, path, sha1, n_bytes, width, height, status, error FROM images ORDER BY id"
+                    "SELECT id, path, sha1, n_bytes, width, height, status, error "
+                    "FROM images ORDER BY id"
                 ).fetchall()
             finally:
                 con.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,10 @@ FEATURE_HELP = ("Embedder: hog, bovw[-DET], vlad[-DET], onnx:MODEL, tflite:MODEL
 
 # --- shared options ---------------------------------------------------------------------
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    level = logging.ERROR if quiet else levels[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr,
+                        force=True)
 
 
 def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,7 +39,8 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--json", "json_path", metavar="PATH", default=None,
                   help="Write the machine-readable result to PATH ('-' = standard output).")
-    @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug; tracebacks on errors.")
+    @click.option("-v", "--verbose", count=True,
+                  help="More detail; -vv for debug; tracebacks on errors.")
     @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
     @functools.wraps(f)
     def wrapper(*args: Any, json_path: str | None, verbose: int, quiet: bool, **kwargs: Any) -> Any:
@@ -86,7 +88,8 @@ class Output:
 def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options that choose and configure an embedder and an index (index, eval, demo)."""
     options = [
-        click.option("--features", "features", default="bovw", show_default=True, help=FEATURE_HELP),
+        click.option("--features", "features", default="bovw", show_default=True,
+                     help=FEATURE_HELP),
         click.option("--detector", type=click.Choice(["sift", "rootsift", "orb", "akaze", "brisk"]),
                      default=None, help="Local detector for bovw/vlad (default sift / rootsift)."),
         click.option("--words", "n_words", type=click.IntRange(2), default=None,
@@ -95,7 +98,8 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Key points per image (default 1000)."),
         click.option("--max-descriptors", type=click.IntRange(1), default=None,
                      help="Descriptors sampled to fit the vocabulary (default 100000)."),
-        click.option("--vocab", "vocab_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+        click.option("--vocab", "vocab_dir",
+                     type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="Use a vocabulary built by `cvret vocab build`."),
         click.option("--index", "index_spec", default="flat", show_default=True,
                      help="flat, ivf, lsh, pq, hnsw or any Faiss factory string."),
@@ -159,16 +163,17 @@ def _make_embedder(features: str, detector: str | None, n_words: int | None,
         given["random_state"] = random_state
     flags = {"detector": "--detector", "n_words": "--words", "n_features": "--n-features",
              "max_descriptors": "--max-descriptors", "vocabulary": "--vocab"}
-    unused = [flags[k] for k, v in given.items() if v is not None and k in flags and k not in accepted]
+    unused = [flags[k] for k, v in given.items()
+              if v is not None and k in flags and k not in accepted]
     if unused:
         raise click.UsageError(f"{', '.join(unused)} do not apply to {features!r} features")
     return make_embedder(features, **given)
 
 
-def _make_retriever(features: str, detector: str | None, n_words: int | None, n_features: int | None,
-                    max_descriptors: int | None, vocab_dir: Path | None, index_spec: str, metric: str,
-                    max_side: int, n_jobs: int, random_state: int, params: tuple[str, ...] = (),
-                    **extra: Any) -> Any:
+def _make_retriever(features: str, detector: str | None, n_words: int | None,
+                    n_features: int | None, max_descriptors: int | None, vocab_dir: Path | None,
+                    index_spec: str, metric: str, max_side: int, n_jobs: int, random_state: int,
+                    params: tuple[str, ...] = (), **extra: Any) -> Any:
     from .retriever import Retriever
 
     embedder = _make_embedder(features, detector, n_words, n_features, max_descriptors, vocab_dir,
@@ -188,7 +193,8 @@ def _print_failures(out: Output, run: dict[str, Any]) -> None:
         for f in run["failed"][:20]:
             out.text(f"  {f['error']}", err=True)
         if run["skipped"] > 20:
-            out.text(f"  ... and {run['skipped'] - 20} more (see --json output or the catalog)", err=True)
+            out.text(f"  ... and {run['skipped'] - 20} more (see --json output or the catalog)",
+                     err=True)
 
 
 def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
@@ -199,7 +205,8 @@ def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         parts = []
     if len(parts) != 4:
-        raise click.BadParameter(f"{value!r} is not x0,y0,x1,y1 (four numbers)", param_hint="--bbox")
+        raise click.BadParameter(f"{value!r} is not x0,y0,x1,y1 (four numbers)",
+                                 param_hint="--bbox")
     x0, y0, x1, y1 = parts
     if x1 <= x0 or y1 <= y0:
         raise click.BadParameter(f"{value!r}: need x1 > x0 and y1 > y0", param_hint="--bbox")
@@ -228,7 +235,8 @@ def vocab() -> None:
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
 @click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
 @click.option("--random-state", type=int, default=0, show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Vocabulary folder.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Vocabulary folder.")
 @common_options
 def vocab_build(images: Path, detector: str, n_words: int, n_features: int, max_descriptors: int,
                 max_side: int, n_jobs: int, random_state: int, output: Path, out: Output) -> None:
@@ -243,13 +251,16 @@ def vocab_build(images: Path, detector: str, n_words: int, n_features: int, max_
         images, progress=out.progress)
     save_vocabulary(emb.vocabulary_, output)
     out.text(f"vocabulary of {emb.vocabulary_.n_words} {detector} words written to {output}")
-    out.result({"vocabulary": str(output), "detector": detector, "n_words": int(emb.vocabulary_.n_words)})
+    out.result({"vocabulary": str(output), "detector": detector,
+                "n_words": int(emb.vocabulary_.n_words)})
 
 
 @main.command("index")
 @click.argument("images", type=click.Path(path_type=Path, exists=True))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle folder.")
-@click.option("--add", is_flag=True, help="Append IMAGES to the existing bundle -o with its fitted embedder.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Bundle folder.")
+@click.option("--add", is_flag=True,
+              help="Append IMAGES to the existing bundle -o with its fitted embedder.")
 @embedder_options
 @common_options
 def index_cmd(images: Path, output: Path, add: bool, out: Output, **options: Any) -> None:
@@ -276,8 +287,10 @@ def index_cmd(images: Path, output: Path, add: bool, out: Output, **options: Any
 @main.command("search")
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("query", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True, help="Results to return.")
-@click.option("--bbox", default=None, metavar="x0,y0,x1,y1", help="Search only this region of the query.")
+@click.option("-k", "k", type=click.IntRange(1), default=10, show_default=True,
+              help="Results to return.")
+@click.option("--bbox", default=None, metavar="x0,y0,x1,y1",
+              help="Search only this region of the query.")
 @click.option("--rerank", default=None, metavar="STEPS",
               help="sv, qe, sv,qe or none (default: what the bundle was built with).")
 @common_options
@@ -330,12 +343,14 @@ def _stack(options: list[Callable[..., Any]]) -> Callable[..., Any]:
 @main.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True))
 @click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
-@click.option("-k", "k", type=click.IntRange(1), default=None, help="Rank only the top k (default: all).")
+@click.option("-k", "k", type=click.IntRange(1), default=None,
+              help="Rank only the top k (default: all).")
 @click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None,
               help="Revisited Oxford/Paris protocol (default medium; E/M/H are all reported).")
-@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where images extracted from TFRecords go.")
-@click.option("--vectors", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Where images extracted from TFRecords go.")
+@click.option("--vectors", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None,
               help="Score precomputed embeddings (.npz with gallery, queries[, metric]) instead of "
                    "building a retriever.")
 @_stack(report_options)
@@ -367,7 +382,8 @@ def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None
         report = evaluate(ret, data, k=k, progress=out.progress)
         report["build"] = {key: v for key, v in ret.last_run_.items() if key != "failed"}
         what = f"features {options['features']}, index {options['index_spec']}"
-    out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, {what}")
+    out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, "
+             f"{what}")
     out.text(format_metrics_table(report["metrics"]))
     _write_report(out, report, data, report_dir, report_png)
     out.result(report)
@@ -383,7 +399,8 @@ def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
 @click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
 @click.option("--random-state", type=int, default=0, show_default=True)
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None,
               help="Keep extracted local features here (default: a temporary folder, removed).")
 @click.option("--pca-whiten", type=click.IntRange(1), default=None, metavar="D")
 @click.option("--dba", type=click.IntRange(0), default=0, metavar="K")
@@ -404,7 +421,6 @@ def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str
 
     from .bench import run_bench
     from .datasets import load_dataset
-
     from .retriever import parse_rerank
 
     data = load_dataset(dataset, format=fmt, protocol=protocol)
@@ -430,8 +446,8 @@ def datasets_group() -> None:
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
 @click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
 @click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
-@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where images extracted from TFRecords go.")
+@click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Where images extracted from TFRecords go.")
 @click.option("--no-decode", is_flag=True,
               help="Parse image headers only instead of decoding every image (faster).")
 @click.option("--no-duplicates", is_flag=True, help="Skip the content-hash duplicate search.")
@@ -457,7 +473,8 @@ def datasets_list(out: Output) -> None:
     rows = list_datasets()
     for r in rows:
         verified = "checksum" if r.get("verified") else "no published checksum"
-        out.text(f"{r['name']:<12} {r.get('approx_size', '?'):>8}  {r.get('title', '')} ({verified})")
+        out.text(f"{r['name']:<12} {r.get('approx_size', '?'):>8}  {r.get('title', '')} "
+                 f"({verified})")
     out.result(rows)
 
 
@@ -597,8 +614,11 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
         sizes = tuple(int(v) for v in head.split(",") if v.strip())
         mix_value: str | float = mix if mix == "auto" else float(mix)
     except ValueError:
-        raise click.UsageError("--head takes sizes like 512,256 and --mix a number or auto") from None
-    centre = {"auto": "auto", "yes": True, "no": False}[center]
+        raise click.UsageError(
+            "--head takes sizes like 512,256 and --mix a number or auto"
+        ) from None
+    centres: dict[str, str | bool] = {"auto": "auto", "yes": True, "no": False}
+    centre = centres[center]
     result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
                            head=sizes, residual=not plain, mix=mix_value, center=centre,
                            epochs=epochs, patience="auto" if patience is None else patience,
@@ -650,8 +670,10 @@ def embedders_cmd(out: Output) -> None:
 
 
 @main.command("demo")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None, envvar="CVRET_CACHE",
-              help="Where the demo data and results go (default: the user cache dir; env CVRET_CACHE).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              envvar="CVRET_CACHE",
+              help="Where the demo data and results go "
+                   "(default: the user cache dir; env CVRET_CACHE).")
 @click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
 @common_options
 def demo_cmd(cache_dir: Path | None, n_jobs: int, out: Output) -> None:

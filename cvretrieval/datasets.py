@@ -1735,7 +1735,7 @@ def check_dataset(
     protocol: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     duplicates: bool = True,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Read a data set and report what is wrong with it, without stopping at the first problem.
 
@@ -1756,8 +1756,9 @@ def check_dataset(
     duplicates : bool
         Hash the gallery files to find exact duplicates. With ``decode=False`` this
         is what reads every byte; turn it off for a quick check of a huge set.
-    progress : bool
-        Show a progress bar (tqdm) over the files.
+    progress : bool or None
+        Show a progress bar (tqdm) over the files when standard error is a terminal
+        (True or None, as the command line passes by default); False: never.
 
     Returns
     -------
@@ -1792,7 +1793,7 @@ def check_dataset(
     by_hash: dict[str, list[str]] = defaultdict(list)
     items: Iterable[tuple[str, bool]] = files.items()
     bar = None
-    if progress:
+    if progress or progress is None:
         try:
             from tqdm.auto import tqdm
 

@@ -685,7 +685,7 @@ class Index:
         n = self.ntotal
         ivf = _ivf(self.index_)
         try:
-            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            if ivf is not None and ivf.direct_map.no():  # no direct map yet
                 ivf.make_direct_map()
             return np.ascontiguousarray(self.index_.reconstruct_n(0, n), dtype=np.float32)
         except RuntimeError as exc:

@@ -258,10 +258,10 @@ def _pr_figure(Figure: Any, result: Mapping[str, Any]) -> tuple[dict[str, Any], 
             for k in metrics
             if k.startswith("P@") and k[2:].isdigit() and f"R@{k[2:]}" in metrics
         )
-        r = [float(metrics[f"R@{k}"]) for k in ks]
-        p = [float(metrics[f"P@{k}"]) for k in ks]
-        ax.plot(r, p, "o--", color=COLORS["query"], lw=1)
-        for k, x, y in zip(ks, r, p, strict=True):
+        recalls = [float(metrics[f"R@{k}"]) for k in ks]
+        precisions = [float(metrics[f"P@{k}"]) for k in ks]
+        ax.plot(recalls, precisions, "o--", color=COLORS["query"], lw=1)
+        for k, x, y in zip(ks, recalls, precisions, strict=True):
             ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_title("Mean P@k against R@k", fontsize=10)
         note = (

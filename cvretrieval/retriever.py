@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -31,9 +31,12 @@ from . import __version__
 from .catalog import Catalog
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, ImageReadError, NotFittedError
-from .index import Index
 from .features.local import LocalFeatures, load_features, save_features
+from .index import Index
 from .io import list_images, read_bytes_and_image, read_image
+
+if TYPE_CHECKING:
+    from .sparse import SparseIndex
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +149,9 @@ class SVFeatures:
             self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
         return self._extractor.extract(image)
 
-    def features(self, extracted: Any, image: Any, path: str, max_side: int | None) -> LocalFeatures:
+    def features(
+        self, extracted: Any, image: Any, path: str, max_side: int | None
+    ) -> LocalFeatures:
         """Key points (and descriptors in ``ratio`` mode) of one image, compact."""
         if self.own:
             f = extracted
@@ -161,7 +166,9 @@ class SVFeatures:
         return f
 
 
-def _cache_file(cache: tuple[Path, str] | None, sha1: str | None, max_side: int | None) -> Path | None:
+def _cache_file(
+    cache: tuple[Path, str] | None, sha1: str | None, max_side: int | None
+) -> Path | None:
     """Where the extracted features of an image with content hash ``sha1`` are cached."""
     if cache is None or sha1 is None:
         return None
@@ -209,7 +216,7 @@ def _work(
         images.append((len(items) - 1, image))
     try:
         fresh = embedder.extract_batch([im for _, im in images])
-        pairs = list(zip([i for i, _ in images], fresh))
+        pairs = list(zip([i for i, _ in images], fresh, strict=True))
     except Exception:  # one bad image must not sink the chunk: retry one by one
         pairs = []
         for i, im in images:
@@ -402,7 +409,7 @@ class Retriever:
         self._check_sparse_options()
         self.whitening_: Any = None
         self._xb: NDArray[np.float32] | None = None  # indexed vectors, for query expansion
-        self.index: Index | None = None
+        self.index: Index | SparseIndex | None = None
         self.catalog = Catalog()
         self.ids_ = np.zeros(0, np.int64)  # index position -> catalog id
         self.last_run_: dict[str, Any] = {}
@@ -491,7 +498,8 @@ class Retriever:
                 delayed(_work)(self.embedder, c, self.max_side, stage, True, cache, sv)
                 for c in chunks
             )
-        with tqdm(total=len(tasks), desc=desc, unit="img", disable=not _show_progress(progress)) as bar:
+        with tqdm(total=len(tasks), desc=desc, unit="img",
+                  disable=not _show_progress(progress)) as bar:
             for chunk_items in results:
                 bar.update(len(chunk_items))
                 yield from chunk_items
@@ -520,7 +528,8 @@ class Retriever:
         good = [it for it in extracted if it.error is None]
         if not good:
             raise ImageReadError(
-                f"none of the {len(sample)} images sampled to fit {self.embedder.name} could be read"
+                f"none of the {len(sample)} images sampled to fit {self.embedder.name} "
+                "could be read"
             )
         self.embedder.fit([it.value for it in good])
         return extracted, rest
@@ -563,7 +572,7 @@ class Retriever:
         self.catalog = Catalog()
         self._vectors = {}
         items: list[_Item | None] = [None] * len(paths)
-        tasks = [(i, str(p), None) for i, p in enumerate(paths)]
+        tasks: list[tuple[int, str, BBox | None]] = [(i, str(p), None) for i, p in enumerate(paths)]
         fit_seconds = 0.0
         if self.embedder.needs_fit:
             t_fit = time.perf_counter()
@@ -578,7 +587,8 @@ class Retriever:
         ok = self._record(paths, items)
         if not ok:
             raise ImageReadError(
-                f"none of the {len(paths)} images could be read; first error: {items[0].error if items[0] else '?'}"
+                f"none of the {len(paths)} images could be read; "
+                f"first error: {items[0].error if items[0] else '?'}"
             )
         self.embedder.fit_corpus([items[i].value for i in ok])  # type: ignore[union-attr]
         t_index = time.perf_counter()
@@ -589,7 +599,7 @@ class Retriever:
         else:
             vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
             vectors = self._fit_whitening(vectors)
-            self._vectors = dict(zip(ok, vectors))
+            self._vectors = dict(zip(ok, vectors, strict=True))
             xb = self._augment(vectors)
             self.index = self._new_index().build(xb)
             self._xb = xb
@@ -637,7 +647,7 @@ class Retriever:
                     self._write_store(items, append=True)
                 self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
                 return self
-            self._vectors.update(zip(ok, vectors))
+            self._vectors.update(zip(ok, vectors, strict=True))
             old_xb = self._indexed_vectors() if (self.dba or self._xb is not None) else None
             xb = self._augment(vectors, old_xb)
             self.index.add(xb)
@@ -773,14 +783,14 @@ class Retriever:
     def _indexed_vectors(self) -> NDArray[np.float32]:
         """The vectors the index holds, in index order (kept, or reconstructed from it)."""
         if self._xb is None:
-            assert self.index is not None
+            assert isinstance(self.index, Index)  # dense: a sparse index holds no vectors
             self._xb = self.index.reconstruct_all()
         return self._xb
 
     def _record(self, paths: Sequence[Path], items: Sequence[_Item | None]) -> list[int]:
         """Append catalog entries in input order; return the catalog ids that were embedded."""
         ok = []
-        for path, it in zip(paths, items):
+        for path, it in zip(paths, items, strict=True):
             assert it is not None
             if it.error is None:
                 h, w = (it.shape or (None, None))[:2]
@@ -813,7 +823,8 @@ class Retriever:
             "index_seconds": round(index_s, 3),
         }
         if failed:
-            logger.warning("%s: %d of %d images could not be read and were skipped", what, len(failed), len(paths))
+            logger.warning("%s: %d of %d images could not be read and were skipped",
+                           what, len(failed), len(paths))
 
     # --- searching --------------------------------------------------------------------
     def embed_queries(
@@ -836,8 +847,9 @@ class Retriever:
         by_path = {p: i for i, p in enumerate(self.catalog.paths)} if self._vectors else {}
         vectors: dict[int, NDArray[np.float32]] = {}
         errors = [""] * len(queries)
-        arrays, tasks = [], []
-        for qi, (q, bb) in enumerate(zip(queries, bboxes)):
+        arrays: list[tuple[int, Any, BBox | None]] = []
+        tasks: list[tuple[int, str, BBox | None]] = []
+        for qi, (q, bb) in enumerate(zip(queries, bboxes, strict=True)):
             if isinstance(q, (np.ndarray, bytes, bytearray)):  # decoded pixels or file bytes
                 arrays.append((qi, q, bb))
                 continue
@@ -845,7 +857,7 @@ class Retriever:
             if cid is not None and cid in self._vectors:
                 vectors[qi] = self._vectors[cid]
             else:
-                tasks.append((qi, str(q), tuple(bb) if bb is not None else None))
+                tasks.append((qi, str(q), cast(BBox, tuple(bb)) if bb is not None else None))
         reduced: dict[int, Any] = {}
         for it in self._run(tasks, "reduce", progress, "queries"):
             if it.error is None:
@@ -926,6 +938,9 @@ class Retriever:
         import scipy.sparse as sp
         from sklearn.preprocessing import normalize
 
+        from .sparse import SparseIndex
+
+        assert isinstance(self.index, SparseIndex)
         valid = E >= 0
         sims = np.where(valid & np.isfinite(S), S, 0.0)
         W = np.ones_like(sims) if self.qe_alpha is None else np.clip(sims, 0, None) ** self.qe_alpha
@@ -981,10 +996,12 @@ class Retriever:
             X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
             return X, rows, errors, []
         boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+        if len(boxes) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
         feats: list[Any] = [None] * len(queries)
         errors = [""] * len(queries)
         reduced: dict[int, Any] = {}
-        for qi, (q, bb) in enumerate(zip(queries, boxes)):
+        for qi, (q, bb) in enumerate(zip(queries, boxes, strict=True)):
             try:
                 f, words = self._query_features(q, bb)
                 feats[qi] = (f, words)
@@ -1023,7 +1040,7 @@ class Retriever:
         pos_of = np.full(len(self.catalog), -1, np.int64)
         pos_of[self.ids_] = np.arange(len(self.ids_))
         verified: list[NDArray[np.int64]] = []
-        for j, (query, bbox) in enumerate(zip(queries, bboxes)):
+        for j, (query, bbox) in enumerate(zip(queries, bboxes, strict=True)):
             try:
                 if query_features is not None and query_features[j] is not None:
                     feats, words = query_features[j]
@@ -1036,7 +1053,7 @@ class Retriever:
             ids = self._to_ids(P[j])
             new_ids, inliers = verifier.rerank(feats, ids, store, query_words=words)
             order_pos = np.where(new_ids >= 0, pos_of[np.clip(new_ids, 0, None)], -1)
-            score = dict(zip(P[j].tolist(), D[j].tolist()))
+            score = dict(zip(P[j].tolist(), D[j].tolist(), strict=True))
             P[j] = order_pos
             D[j] = [score.get(int(p), np.nan) for p in order_pos]
             verified.append(order_pos[inliers >= self.sv_min_inliers])
@@ -1066,18 +1083,18 @@ class Retriever:
         if not has.any():
             return outD, outP
         rows = np.flatnonzero(has)
-        score = [dict(zip(P[j].tolist(), D[j].tolist())) for j in rows]
+        score = [dict(zip(P[j].tolist(), D[j].tolist(), strict=True)) for j in rows]
         S = np.array([[score[r].get(int(p), 0.0) for p in E[j]] for r, j in enumerate(rows)],
                      np.float32).reshape(len(rows), E.shape[1])
         Xq = self._expand_queries(X[rows], E[rows], S)
         D2, P2 = self.index.search(Xq, k)
-        for r, j in enumerate(rows):
+        for r, j in enumerate(rows.tolist()):
             head = [int(p) for p in verified[j]][:k]
             seen = set(head)
-            tail = [(float(d), int(p)) for d, p in zip(D2[r], P2[r])
+            tail = [(float(d), int(p)) for d, p in zip(D2[r], P2[r], strict=True)
                     if p >= 0 and int(p) not in seen]
-            score = dict(zip(P[j].tolist(), D[j].tolist()))
-            merged = [(score.get(p, np.nan), p) for p in head] + tail
+            score_j = dict(zip(P[j].tolist(), D[j].tolist(), strict=True))
+            merged = [(score_j.get(p, np.nan), p) for p in head] + tail
             merged = merged[:k]
             outP[j] = -1
             outD[j] = np.nan
@@ -1110,7 +1127,7 @@ class Retriever:
         paths = self.catalog.paths
         return [
             Hit(rank=r + 1, id=int(i), path=paths[i], score=float(d))
-            for r, (d, i) in enumerate(zip(D[0], I[0]))
+            for r, (d, i) in enumerate(zip(D[0], I[0], strict=True))
             if i >= 0
         ]
 
@@ -1126,7 +1143,9 @@ class Retriever:
         target = Path(path)
         if target.exists() and not (target / "manifest.json").is_file():
             if not target.is_dir() or any(target.iterdir()):
-                raise BundleError(f"{target} exists and is not a cvretrieval bundle: choose another output path")
+                raise BundleError(
+                    f"{target} exists and is not a cvretrieval bundle: choose another output path"
+                )
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -1198,7 +1217,9 @@ class Retriever:
             raise BundleError(f"{root / 'ids.npy'} cannot be read ({exc})") from None
         catalog = Catalog.load(root / "catalog.sqlite")
         if index.ntotal != len(ids):
-            raise BundleError(f"{root}: the index holds {index.ntotal} vectors but ids.npy {len(ids)}")
+            raise BundleError(
+                f"{root}: the index holds {index.ntotal} vectors but ids.npy {len(ids)}"
+            )
         options = manifest.get("options", {})
         whitening = None
         if options.get("pca_whiten"):
@@ -1213,7 +1234,9 @@ class Retriever:
             raise BundleError(f"{root}: the index has dimension {index.d}, the embedder {dim}")
         n_ok = sum(1 for e in catalog if e.status == "ok")
         if n_ok != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= len(catalog))):
-            raise BundleError(f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree")
+            raise BundleError(
+                f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree"
+            )
         ret = cls(
             embedder,
             index=("sparse" if manifest.get("index", {}).get("type") == "sparse-inverted-file"

@@ -92,8 +92,8 @@ def test_bad_files_are_skipped_counted_and_cataloged(gallery, tmp_path):
     con.close()
     assert len(rows) == 3 and all(r[2] for r in rows)
     # failed images never come back from a search
-    D, I, failed = ret.search_many([gallery / "img01.png"], k=20)
-    assert failed == [] and set(I[0][I[0] >= 0]) <= set(ret.ids_.tolist())
+    D, ids, failed = ret.search_many([gallery / "img01.png"], k=20)
+    assert failed == [] and set(ids[0][ids[0] >= 0]) <= set(ret.ids_.tolist())
 
 
 def test_all_images_unreadable_is_a_clear_error(tmp_path):
@@ -113,8 +113,8 @@ def test_unreadable_query_raises_image_read_error(orb_retriever, tmp_path):
     bad.write_bytes(b"\xff\xd8 not really")
     with pytest.raises(ImageReadError, match="bad.jpg"):
         ret.search(bad)
-    D, I, failed = ret.search_many([bad], k=3)
-    assert failed == [0] and (I == -1).all()
+    D, ids, failed = ret.search_many([bad], k=3)
+    assert failed == [0] and (ids == -1).all()
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw", "ivf", "pq", "lsh"])
@@ -124,7 +124,8 @@ def test_save_load_gives_identical_results(orb_retriever, tmp_path, index, make_
 
     ret = Retriever(make_embedder("bovw-orb", n_words=32, n_features=200), index=index, n_jobs=1)
     ret.build(folder)
-    queries = [write_rgb(tmp_path / f"q{i}.png", rotate(make_textured(100 + i), 10)) for i in range(3)]
+    queries = [write_rgb(tmp_path / f"q{i}.png", rotate(make_textured(100 + i), 10))
+               for i in range(3)]
     D1, I1, _ = ret.search_many(queries, k=5)
     ret.save(tmp_path / "bundle")
     again = Retriever.load(tmp_path / "bundle")

@@ -42,15 +42,15 @@ def test_qe_with_k_zero_leaves_the_ranking_unchanged(folder):
 def test_qe_keeps_near_duplicates_on_top_and_survives_save_load(folder, tmp_path):
     ret = Retriever("hog", n_jobs=1, rerank="qe", qe_k=2).build(folder, progress=False)
     X = np.stack([ret._vectors[i] for i in range(len(ret))])
-    _, I = ret.search_vectors(X, 3)
+    _, ids = ret.search_vectors(X, 3)
     groups = np.arange(24) // 3
     # every query's top 3 is its own group of near-duplicates
-    assert (groups[I] == groups[:, None]).all()
+    assert (groups[ids] == groups[:, None]).all()
     ret.save(tmp_path / "b")
     back = Retriever.load(tmp_path / "b", n_jobs=1)
     assert back.rerank == ("qe",) and back.qe_k == 2
-    D2, I2 = back.search_vectors(X, 3)  # vectors reconstructed from the index
-    np.testing.assert_array_equal(I, I2)
+    D2, ids2 = back.search_vectors(X, 3)  # vectors reconstructed from the index
+    np.testing.assert_array_equal(ids, ids2)
 
 
 def test_pca_whitening_reduces_dimension_and_round_trips(folder, tmp_path):

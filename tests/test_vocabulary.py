@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -388,6 +389,14 @@ def test_save_load_round_trip(fitted, tmp_path):
         "centers.npy",
         "vocabulary.json",
     ]
+
+
+def test_pickling_leaves_the_original_index_cache_alone(fitted):
+    voc, x = fitted
+    index = voc._get_index()
+    clone = pickle.loads(pickle.dumps(voc))  # what joblib does for every worker chunk
+    assert "_index" not in clone.__dict__ and voc._get_index() is index
+    np.testing.assert_array_equal(clone.assign(x), voc.assign(x))
 
 
 def _hint(exc: pytest.ExceptionInfo, path: Path) -> None:

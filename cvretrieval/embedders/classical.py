@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import BundleError
+from ..errors import BundleError, NotFittedError
 from ..features import bovw
 from ..features.hog import hog, hog_dim
 from ..features.local import LocalFeatureExtractor, LocalFeatures, check_detector
@@ -86,17 +86,20 @@ class LocalFeatureEmbedder(Embedder):
         built_with = meta.get("detector")
         if built_with and built_with != self.detector:
             raise BundleError(
-                f"vocabulary {path} was built from {built_with} descriptors but this embedder uses "
-                f"{self.detector}: pass --detector {built_with} or build a vocabulary for {self.detector}"
+                f"vocabulary {path} was built from {built_with} descriptors but this embedder "
+                f"uses {self.detector}: pass --detector {built_with} or build a vocabulary for "
+                f"{self.detector}"
             )
         if vocab.binary != self._extractor.binary or vocab.dim != self._extractor.dim:
             raise BundleError(
-                f"vocabulary {path} holds {vocab.dim}-d {'binary' if vocab.binary else 'float'} words; "
+                f"vocabulary {path} holds {vocab.dim}-d "
+                f"{'binary' if vocab.binary else 'float'} words; "
                 f"{self.detector} gives {self._extractor.dim}-d "
                 f"{'binary' if self._extractor.binary else 'float'} descriptors"
             )
         if vocab.n_words != self.n_words:
-            logger.info("using the vocabulary's %d words (n_words=%d ignored)", vocab.n_words, self.n_words)
+            logger.info("using the vocabulary's %d words (n_words=%d ignored)",
+                        vocab.n_words, self.n_words)
             self.n_words = int(vocab.n_words)
         return vocab
 
@@ -256,7 +259,8 @@ class BoVWEmbedder(LocalFeatureEmbedder):
     def fit_corpus(self, reduced: Sequence[NDArray[np.uint32]]) -> BoVWEmbedder:
         if self.idf and self.idf_ is None:
             tf = bovw.term_frequencies(list(reduced), self.n_words)
-            self.idf_ = bovw.idf_weights(bovw.document_frequencies(tf), tf.shape[0]).astype(np.float32)
+            df = bovw.document_frequencies(tf)
+            self.idf_ = bovw.idf_weights(df, tf.shape[0]).astype(np.float32)
         return self
 
     def encode_sparse(self, reduced: Sequence[NDArray[np.uint32]]) -> Any:
@@ -265,6 +269,11 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         if self.power is not None:
             tf.data = np.power(tf.data, float(self.power)).astype(tf.data.dtype)
         weights = self.idf_ if self.idf else np.ones(self.n_words, np.float32)
+        if weights is None:
+            raise NotFittedError(
+                f"{self!r} has no idf weights yet: call fit_corpus (or build a Retriever with it) "
+                "before encoding"
+            )
         return bovw.tfidf(tf, weights, normalize=True)
 
     def encode(self, reduced: Sequence[NDArray[np.uint32]]) -> NDArray[np.float32]:

@@ -3,8 +3,8 @@
 ``MODEL_DIR`` is written by :func:`cvretrieval.siamese.train_siamese` (``cvret train
 siamese``): ``siamese.json``, the fitted base embedder in ``base/`` and the head in
 ``head.onnx`` (and, for a fine-tuned CNN, the network up to GeM pooling in
-``backbone.onnx``, the base's model file). Embedding needs onnxruntime (extra ``deep``) and whatever the base needs,
-never PyTorch.
+``backbone.onnx``, the base's model file). Embedding needs onnxruntime (extra ``deep``)
+and whatever the base needs, never PyTorch.
 
 The embedder is staged like its base: ``extract``, ``reduce`` and ``fit_corpus`` are the
 base's (so a :class:`~cvretrieval.retriever.Retriever` runs them in parallel worker

@@ -72,4 +72,5 @@ def hog(
         raise ValueError(f"size ({size}) must be a multiple of cell ({cell})")
     gray = to_gray(image)
     window = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
-    return _descriptor(size, cell, block, orientations).compute(window).reshape(-1).astype(np.float32)
+    values = np.asarray(_descriptor(size, cell, block, orientations).compute(window))
+    return values.reshape(-1).astype(np.float32)

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -70,7 +70,8 @@ class LocalFeatures:
         """An empty result: ``(0, 2)`` key points and ``(0, dim)`` descriptors."""
         dtype = np.uint8 if binary else np.float32
         z = np.zeros(0, np.float32)
-        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), z, z.copy(), image_shape)
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), z, z.copy(),
+                   image_shape)
 
 
 def save_features(path: str | os.PathLike[str], features: LocalFeatures) -> None:
@@ -101,9 +102,9 @@ def load_features(path: str | os.PathLike[str]) -> LocalFeatures:
 def _create(name: str, n_features: int) -> cv2.Feature2D:
     """Build an OpenCV detector; AKAZE/BRISK moved to ``cv2.xfeatures2d`` in OpenCV 5."""
     if name in ("sift", "rootsift"):
-        return cv2.SIFT_create(nfeatures=n_features)
+        return cv2.SIFT.create(nfeatures=n_features)
     if name == "orb":
-        return cv2.ORB_create(nfeatures=n_features)
+        return cv2.ORB.create(nfeatures=n_features)
     factory_name = {"akaze": "AKAZE_create", "brisk": "BRISK_create"}[name]
     factory = getattr(cv2, factory_name, None)
     if factory is None:
@@ -210,13 +211,14 @@ class LocalFeatureExtractor:
         pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
         scales = np.array([k.size for k in kps], np.float32)
         angles = np.array([k.angle for k in kps], np.float32)
+        descriptors: NDArray[Any]
         if self.binary:
-            desc = np.ascontiguousarray(desc, np.uint8)
+            descriptors = np.ascontiguousarray(desc, np.uint8)
         else:
-            desc = np.ascontiguousarray(desc, np.float32)
+            descriptors = np.ascontiguousarray(desc, np.float32)
             if self.detector == "rootsift":
-                desc = rootsift(desc)
-        return LocalFeatures(pts, desc, scales, angles, shape)
+                descriptors = rootsift(descriptors)
+        return LocalFeatures(pts, descriptors, scales, angles, shape)
 
 
 def extract_local_features(
@@ -230,13 +232,15 @@ def to_gray(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """RGB/RGBA/gray uint8 -> (H, W) uint8."""
     img = np.asarray(image)
     if img.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image, got dtype {img.dtype}; decode with cvretrieval.io.read_image")
+        raise TypeError(
+            f"expected a uint8 image, got dtype {img.dtype}; decode with cvretrieval.io.read_image"
+        )
     if img.ndim == 2:
         return img
-    if img.ndim == 3 and img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if img.ndim == 3 and img.shape[2] == 3:  # cvtColor keeps the uint8 dtype
+        return cast(NDArray[np.uint8], cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
     if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY)
+        return cast(NDArray[np.uint8], cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY))
     if img.ndim == 3 and img.shape[2] == 1:
         return img[:, :, 0]
     raise ValueError(f"expected an image of shape (H, W) or (H, W, 3), got {img.shape}")

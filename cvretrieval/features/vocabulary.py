@@ -127,6 +127,7 @@ def sample_descriptors(
             "no descriptors to sample: all descriptor sets are empty, i.e. the images "
             "produced no key points (check the images, or use a detector finding more features)"
         )
+    assert width is not None and dtype is not None  # set with the first non-empty set
     counts = np.array([len(s) for s in sets], dtype=np.int64)
     total = int(counts.sum())
     if total <= max_descriptors:
@@ -201,7 +202,7 @@ def _binary_index(centers: NDArray[np.uint8]) -> Any:
     results without that overhead.
     """
     index = faiss.IndexBinaryFlat(8 * centers.shape[1])
-    index.query_batch_size = 1024
+    index.query_batch_size = 1024  # type: ignore[attr-defined]  # not in faiss's bundled stubs
     index.add(np.ascontiguousarray(centers, dtype=np.uint8))
     return index
 
@@ -245,6 +246,9 @@ class _VocabularyBase(ParamsMixin):
 
     binary: bool = False
     kind: str = ""
+    # set by fit() or load_vocabulary(); absent (not None) until then
+    centers_: NDArray[Any]
+    meta_: dict[str, Any]
 
     def _check_shape(self, x: NDArray[Any]) -> NDArray[Any]:
         """``(n, dim)`` descriptors; an empty 1-D array becomes ``(0, dim)``."""
@@ -279,7 +283,8 @@ class _VocabularyBase(ParamsMixin):
 
     def __getstate__(self) -> dict[str, Any]:
         # the Faiss index is a cache rebuilt on demand: keep it out of copies
-        state = super().__getstate__()
+        # a copy: object.__getstate__ is Python >= 3.11 only and returns the live __dict__
+        state = self.__dict__.copy()
         for cache in ("_index", "_index_for", "_terms", "_terms_for"):
             state.pop(cache, None)
         return state
@@ -805,7 +810,7 @@ def make_vocabulary(
     return cls(n_words=n_words, random_state=random_state, **kw)
 
 
-_KINDS: dict[str, type[_VocabularyBase]] = {
+_KINDS: dict[str, type[KMeansVocabulary] | type[HammingVocabulary]] = {
     "kmeans": KMeansVocabulary,
     "hamming": HammingVocabulary,
 }

@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,9 +39,14 @@ from numpy.typing import NDArray
 from ..errors import ModelError
 from . import require_torch
 
-torch = require_torch()
-nn = torch.nn
-F = torch.nn.functional
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # imported here, so that a missing extra raises MissingExtraError naming it
+    torch = require_torch()
+    nn = torch.nn
+    F = torch.nn.functional
 
 logger = logging.getLogger(__name__)
 

@@ -29,16 +29,21 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import require_torch
 
-torch = require_torch()
-nn = torch.nn
-F = torch.nn.functional
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # imported here, so that a missing extra raises MissingExtraError naming it
+    torch = require_torch()
+    nn = torch.nn
+    F = torch.nn.functional
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +150,7 @@ class ProjectionHead(nn.Module):
         self.skip = nn.Linear(self.in_dim, self.out_dim) if self.residual else None
         if self.residual:
             last = self.mlp[-1]
+            assert isinstance(last, nn.Linear)  # the MLP ends with a linear layer
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             # identity when the dimension is kept, else a random orthonormal projection
@@ -158,16 +164,16 @@ class ProjectionHead(nn.Module):
         """Set the skip to ``x ↦ W (x - mean)`` (e.g. from :func:`pca_init`)."""
         if self.skip is None:
             raise ValueError("this head has no skip connection (residual=False)")
-        W = torch.as_tensor(np.asarray(W, np.float32))
-        mean = torch.as_tensor(np.asarray(mean, np.float32))
-        if tuple(W.shape) != (self.out_dim, self.in_dim) or tuple(mean.shape) != (self.in_dim,):
+        Wt = torch.as_tensor(np.asarray(W, np.float32))
+        mt = torch.as_tensor(np.asarray(mean, np.float32))
+        if tuple(Wt.shape) != (self.out_dim, self.in_dim) or tuple(mt.shape) != (self.in_dim,):
             raise ValueError(
-                f"skip init has W {tuple(W.shape)} and mean {tuple(mean.shape)}; expected "
+                f"skip init has W {tuple(Wt.shape)} and mean {tuple(mt.shape)}; expected "
                 f"({self.out_dim}, {self.in_dim}) and ({self.in_dim},)"
             )
         with torch.no_grad():
-            self.skip.weight.copy_(W)
-            self.skip.bias.copy_(-(W @ mean))
+            self.skip.weight.copy_(Wt)
+            self.skip.bias.copy_(-(Wt @ mt))
         return self
 
     def forward(self, x: Any) -> Any:

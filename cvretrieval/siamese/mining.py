@@ -239,7 +239,9 @@ class PKSampler:
         pending = [groups[i] for i in order]
         p = min(self.batch_p, self.classes_.size)
         while len(pending) >= 2:
-            batch, used, rest = [], set(), []
+            batch: list[NDArray[np.int64]] = []
+            used: set[Any] = set()
+            rest: list[tuple[Any, NDArray[np.int64]]] = []
             for c, chunk in pending:
                 if len(batch) < p and c not in used:
                     batch.append(chunk)

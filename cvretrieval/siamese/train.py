@@ -184,10 +184,10 @@ def embed_base(
     """
     from ..retriever import Retriever
 
-    paths = [Path(p) for p in paths]
+    image_paths = [Path(p) for p in paths]
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
-        key = _cache_key(embedder, paths, max_side)
+        key = _cache_key(embedder, image_paths, max_side)
         xf, rf = cache / f"base-{key}.npy", cache / f"base-{key}-rows.npy"
         ed = cache / f"base-{key}"
         if xf.is_file() and rf.is_file() and (ed / "embedder.json").is_file():
@@ -201,8 +201,8 @@ def embed_base(
             except CVRetrievalError as exc:
                 logger.warning("ignoring the unusable cache %s (%s)", xf, exc)
     ret = Retriever(embedder, index="flat", max_side=max_side, n_jobs=n_jobs,
-                    random_state=random_state).build(paths, progress=progress)
-    X, rows_list, _ = ret.embed_queries(paths)  # the vectors computed by build, in order
+                    random_state=random_state).build(image_paths, progress=progress)
+    X, rows_list, _ = ret.embed_queries(image_paths)  # the vectors computed by build, in order
     rows = np.asarray(rows_list, np.int64)
     X = np.ascontiguousarray(X, np.float32)
     if cache is not None:
@@ -517,8 +517,7 @@ def _as_training_set(
         return [Path(p) for p in paths], lab.astype(np.int64), [str(n) for n in names], "images"
     if not isinstance(data, RetrievalDataset):
         data = load_dataset(data)
-    paths, labels, names = dataset_labels(data)
-    return paths, labels, names, data.name
+    return (*dataset_labels(data), data.name)
 
 
 def _plot_history(history: list[dict[str, Any]], best_epoch: int, path: Path) -> Path | None:
@@ -691,6 +690,8 @@ def train_siamese(
     batch_p = int(batch_p if batch_p is not None else (8 if heavy else 16))
     if patience == "auto":
         patience = 3 if heavy else 10
+    elif patience is not None:
+        patience = int(patience)
     out = Path(out_dir)
     if backbone is not None:
         from .backbone import ARCHS
