@@ -31,22 +31,13 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ModelError
-from . import require_torch
-
-if TYPE_CHECKING:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-else:  # imported here, so that a missing extra raises MissingExtraError naming it
-    torch = require_torch()
-    nn = torch.nn
-    F = torch.nn.functional
+from ._torch import F, nn, torch
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from . import require_torch
+from ._torch import torch
 from .mining import mine_triplets, pairwise_distances
-
-torch = require_torch()
 
 #: losses accepted by :func:`batch_loss`
 LOSSES = ("triplet", "contrastive")

@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import require_torch
-
-torch = require_torch()
+from ._torch import torch
 
 #: mining strategies accepted by :func:`mine_triplets`
 MINING = ("batch-hard", "semi-hard", "random")
