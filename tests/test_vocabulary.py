@@ -395,7 +395,7 @@ def test_pickling_leaves_the_original_index_cache_alone(fitted):
     voc, x = fitted
     index = voc._get_index()
     clone = pickle.loads(pickle.dumps(voc))  # what joblib does for every worker chunk
-    assert "_index" not in clone.__dict__ and voc._get_index() is index
+    assert "_derived_cache" not in clone.__dict__ and voc._get_index() is index
     np.testing.assert_array_equal(clone.assign(x), voc.assign(x))
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,19 +274,25 @@ class _VocabularyBase(ParamsMixin):
         self._check_fitted()
         return int(self.centers_.shape[1])
 
+    def _derived(self, name: str, build: Callable[[], Any]) -> Any:
+        """A structure derived from ``centers_`` (the Faiss index, the GEMM terms), built on
+        first use and rebuilt when ``centers_`` is replaced (a new fit or load)."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if cache.get("centers") is not self.centers_:
+            cache.clear()
+            cache["centers"] = self.centers_
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
     def _get_index(self) -> Any:
-        index = getattr(self, "_index", None)
-        if index is None or getattr(self, "_index_for", None) is not self.centers_:
-            index = self._build_index()
-            self._index, self._index_for = index, self.centers_
-        return index
+        return self._derived("index", self._build_index)
 
     def __getstate__(self) -> dict[str, Any]:
-        # the Faiss index is a cache rebuilt on demand: keep it out of copies
-        # a copy: object.__getstate__ is Python >= 3.11 only and returns the live __dict__
+        # derived structures are rebuilt on demand: keep them out of copies. A copy of
+        # __dict__: object.__getstate__ is Python >= 3.11 only and returns the live one
         state = self.__dict__.copy()
-        for cache in ("_index", "_index_for", "_terms", "_terms_for"):
-            state.pop(cache, None)
+        state.pop("_derived_cache", None)
         return state
 
     def _build_index(self) -> Any:  # pragma: no cover - abstract
@@ -534,10 +540,7 @@ class KMeansVocabulary(_VocabularyBase):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         x = self._prepare(descriptors)
-        terms = getattr(self, "_terms", None)
-        if terms is None or getattr(self, "_terms_for", None) is not self.centers_:
-            terms = center_terms(self.centers_)
-            self._terms, self._terms_for = terms, self.centers_
+        terms = self._derived("terms", lambda: center_terms(self.centers_))
         ids, dist = nearest_centers(x, self.centers_, max_rows=batch_size, terms=terms)
         return ids[:, None], dist[:, None]
 
@@ -594,7 +597,6 @@ class KMeansVocabulary(_VocabularyBase):
         self.centers_ = np.ascontiguousarray(km.centroids, dtype=np.float32).reshape(k, -1)
         self.objective_ = float(km.obj[-1]) if km.obj is not None and len(km.obj) else float("nan")
         self.meta_ = getattr(self, "meta_", None) or {}
-        self._index = None
         logger.info(
             "k-means vocabulary: %d words from %d descriptors of dim %d", k, len(x), x.shape[1]
         )
@@ -736,7 +738,6 @@ class HammingVocabulary(_VocabularyBase):
         assert best is not None
         self.objective_, self.centers_, self.n_iter_ = best
         self.meta_ = getattr(self, "meta_", None) or {}
-        self._index = None
         logger.info(
             "k-majority vocabulary: %d words from %d descriptors of %d bits, %d iterations",
             k,
