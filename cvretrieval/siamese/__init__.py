@@ -21,9 +21,9 @@ References
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 
+from .._lazy import lazy_exports
 from ..errors import MissingExtraError
 
 _EXPORTS = {
@@ -68,12 +68,4 @@ def require_torch() -> Any:
     return torch
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cvretrieval.siamese' has no attribute {name!r}")
-    return getattr(import_module(f".{module}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
