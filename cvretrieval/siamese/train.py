@@ -780,8 +780,11 @@ def _train_backbone(
     embed_seconds = time.perf_counter() - t0
     y = labels[rows]
     train_mask, val_mask = split_classes(y, val_split, random_state)
+    # two copies by mask; the decoded whole is not needed again (about 150 KB an image)
+    train_images, val_images = images[train_mask], images[val_mask]
+    del images
     model, info = fit_backbone(
-        images[train_mask], y[train_mask], images_val=images[val_mask], y_val=y[val_mask],
+        train_images, y[train_mask], images_val=val_images, y_val=y[val_mask],
         arch=arch, weights=weights, dim=dim, freeze=freeze, loss=loss, margin=margin,
         mining=mining, epochs=epochs, steps_per_epoch=steps_per_epoch, patience=patience,
         batch_p=batch_p, batch_k=batch_k, lr=lr, weight_decay=weight_decay,
