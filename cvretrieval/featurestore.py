@@ -40,13 +40,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from numpy.lib import format as npy_format
 from numpy.typing import NDArray
 
 from ._json import atomic_write, check_format_version, read_json_manifest, write_json_atomic
+from ._npyfile import GrowingNpy
 from .errors import BundleError
 
 __all__ = ["FeatureStore", "FeatureStoreWriter", "strongest_indices"]
@@ -113,79 +113,6 @@ def strongest_indices(
 
 
 # --------------------------------------------------------------------------- npy growth
-
-
-class _GrowingNpy:
-    """A ``.npy`` file whose first dimension grows as rows are appended.
-
-    The header is written by :func:`numpy.lib.format.write_array_header_1_0`, which
-    pads it so that the first dimension can grow to 21 digits without changing its
-    length; :meth:`finish` rewrites it in place with the final shape.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        dtype: np.dtype,
-        tail: tuple[int, ...],
-        rows: int = 0,
-        resume: bool = False,
-    ) -> None:
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.tail = tuple(tail)
-        self.rows = int(rows)
-        if resume:
-            self.fh: BinaryIO = open(path, "r+b")
-            self.header_len = self._header_len()
-            self.fh.truncate(self.header_len + self.rows * self.row_bytes)
-            self.fh.seek(0, os.SEEK_END)
-        else:
-            self.fh = open(path, "wb")
-            self._write_header()
-            self.header_len = self.fh.tell()
-
-    @property
-    def row_bytes(self) -> int:
-        return int(self.dtype.itemsize * int(np.prod(self.tail, dtype=np.int64)))
-
-    def _header_len(self) -> int:
-        self.fh.seek(0)
-        version = npy_format.read_magic(self.fh)
-        if version == (1, 0):
-            npy_format.read_array_header_1_0(self.fh)
-        else:
-            npy_format.read_array_header_2_0(self.fh)
-        return self.fh.tell()
-
-    def _write_header(self) -> None:
-        header = {
-            "descr": npy_format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": (self.rows, *self.tail),
-        }
-        npy_format.write_array_header_1_0(self.fh, header)
-
-    def write(self, rows: NDArray[Any]) -> None:
-        arr = np.ascontiguousarray(rows, dtype=self.dtype)
-        if arr.shape[1:] != self.tail:
-            raise ValueError(
-                f"rows of shape {arr.shape[1:]} appended to {self.path.name}, "
-                f"whose rows have shape {self.tail}"
-            )
-        self.fh.write(arr.tobytes())
-        self.rows += arr.shape[0]
-
-    def finish(self) -> None:
-        self.fh.flush()
-        self.fh.seek(0)
-        self._write_header()
-        if self.fh.tell() != self.header_len:  # pragma: no cover - NumPy pads for growth
-            raise RuntimeError(f"the header of {self.path} changed length; the file is corrupt")
-        self.fh.close()
-
-    def abort(self) -> None:
-        self.fh.close()
 
 
 # --------------------------------------------------------------------------- writer
@@ -294,13 +221,13 @@ class FeatureStoreWriter:
         for name in (DESCRIPTORS_FILE, WORDS_FILE, OFFSETS_FILE):
             (self.directory / name).unlink(missing_ok=True)
         self._offsets: list[int] = [0]
-        self._kp = _GrowingNpy(self.directory / KEYPOINTS_FILE, np.dtype(self.keypoint_dtype), (2,))
+        self._kp = GrowingNpy(self.directory / KEYPOINTS_FILE, np.dtype(self.keypoint_dtype), (2,))
         self._words = (
-            _GrowingNpy(self.directory / WORDS_FILE, np.dtype(np.uint32), ())
+            GrowingNpy(self.directory / WORDS_FILE, np.dtype(np.uint32), ())
             if self.words
             else None
         )
-        self._desc: _GrowingNpy | None = None  # opened at the first image (dtype, width)
+        self._desc: GrowingNpy | None = None  # opened at the first image (dtype, width)
         self._n_images_at_start = 0
 
     def _resume(self) -> None:
@@ -318,7 +245,7 @@ class FeatureStoreWriter:
         n = self._offsets[-1]
         self._n_images_at_start = len(store)
         del store  # release the maps before reopening the files for writing
-        self._kp = _GrowingNpy(
+        self._kp = GrowingNpy(
             self.directory / KEYPOINTS_FILE,
             np.dtype(self.keypoint_dtype),
             (2,),
@@ -326,13 +253,13 @@ class FeatureStoreWriter:
             resume=True,
         )
         self._words = (
-            _GrowingNpy(self.directory / WORDS_FILE, np.dtype(np.uint32), (), rows=n, resume=True)
+            GrowingNpy(self.directory / WORDS_FILE, np.dtype(np.uint32), (), rows=n, resume=True)
             if self.words
             else None
         )
         self._desc = None
         if self.descriptors != "none" and self._dim is not None:
-            self._desc = _GrowingNpy(
+            self._desc = GrowingNpy(
                 self.directory / DESCRIPTORS_FILE,
                 self._desc_dtype(),
                 (self._dim,),
@@ -394,7 +321,7 @@ class FeatureStoreWriter:
                     "binary descriptors are stored as uint8 (float16 applies to float ones)"
                 )
             if self.descriptors != "none":
-                self._desc = _GrowingNpy(
+                self._desc = GrowingNpy(
                     self.directory / DESCRIPTORS_FILE, self._desc_dtype(), (dim,)
                 )
             return
@@ -489,7 +416,7 @@ class FeatureStoreWriter:
             return
         if self.descriptors != "none" and self._desc is None:
             # no image ever had descriptors: write an empty (0, 0) array so the layout is fixed
-            self._desc = _GrowingNpy(self.directory / DESCRIPTORS_FILE, np.dtype(np.uint8), (0,))
+            self._desc = GrowingNpy(self.directory / DESCRIPTORS_FILE, np.dtype(np.uint8), (0,))
         files = [self._kp, self._words, self._desc]
         for f in files:
             if f is not None:

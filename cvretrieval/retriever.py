@@ -1,47 +1,44 @@
-"""A Retriever is an embedder + a Faiss index + a catalog of images, saved as one folder.
+"""A Retriever composes an embedder, the streaming pipeline, a bundle and an index.
 
-Building streams the images through worker processes (joblib): each worker decodes an
-image, extracts its features and reduces them to something compact (visual-word ids,
-a HOG vector), so memory holds only compact results. Embedders that must be fitted (a
-vocabulary) are fitted first on a random sample of images whose extracted features are
-then reused, so no image is decoded twice. An image that cannot be read is recorded in
-the catalog as ``failed`` and the batch goes on.
+``build`` streams the images through the pipeline (:mod:`cvretrieval.pipeline`) into a
+bundle folder (:mod:`cvretrieval.bundle`): the embedder is fitted on a random sample,
+every other image is finished in a worker, and the vectors are written to immutable
+segments as they arrive. ``add``, ``remove`` and ``compact`` change the bundle in place
+under its writer lock and commit by replacing its manifest. ``search`` embeds the query,
+asks the index (:mod:`cvretrieval.index`) for the top k and re-ranks them
+(:mod:`cvretrieval.rerank`); ids map to paths through the live catalog.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
+import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
 from numpy.typing import NDArray
-from tqdm.auto import tqdm
 
 from . import __version__
-from .catalog import Catalog
+from .bundle import Bundle, BundleWriter, folder_checksums, read_manifest
+from .bundle import build as bb
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, ImageReadError, NotFittedError
-from .features.local import LocalFeatures, load_features, save_features
-from .index import Index
-from .io import list_images, read_bytes_and_image, read_image
-
-if TYPE_CHECKING:
-    from .sparse import SparseIndex
+from .io import list_images
+from .pipeline import Job, Pipeline, SVFeatures, fit_on_sample
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT_VERSION = 1
 BBox = tuple[float, float, float, float]
+RERANK_STEPS = ("sv", "qe")
+_OPTIONS = ("pca_whiten", "whiten_shrinkage", "dba", "rerank", "qe_k", "qe_alpha",
+            "store_features", "sv_detector", "sv_top", "sv_min_inliers")
 
 
 @dataclass(frozen=True)
@@ -57,228 +54,9 @@ class Hit:
         return asdict(self)
 
 
-@dataclass
-class _Item:
-    """What a worker returns for one image."""
-
-    position: int
-    sha1: str | None
-    n_bytes: int | None
-    shape: tuple[int, ...] | None
-    value: Any = None
-    error: str | None = None
-    keypoints: Any = None  # LocalFeatures kept for spatial verification (store_features)
-
-
-def _limit_worker_threads() -> None:
-    """Worker processes already run in parallel: keep OpenCV and Faiss (OpenMP, whose idle
-    threads spin) single-threaded inside them."""
-    import cv2
-    import faiss
-
-    cv2.setNumThreads(1)
-    faiss.omp_set_num_threads(1)
-    _keep_freed_memory()
-
-
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """In a worker, let glibc keep up to 64 MB of freed memory instead of returning every
-    block above 128 KB to the system at once.
-
-    Each image's scale-space pyramid is a few MB; by default it is unmapped after every
-    image and page-faulted in again for the next one. On 1,000 Caltech images this cut the
-    indexing command's page faults from 0.5-0.9 million to 0.1 million and its system time
-    from 2.4-4.0 s to 1.2 s (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set to
-    the same values). Other C libraries are left alone.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        libc.mallopt(m_mmap_threshold, 32 << 20)
-        libc.mallopt(m_trim_threshold, 64 << 20)
-    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
-        pass
-
-
-class SVFeatures:
-    """Which key points a bundle keeps for spatial verification, and how to get them.
-
-    ``mode`` is ``"words"`` when the embedder is a BoVW model (its visual words, one per key
-    point, are the tentative matches: only key points and words are stored) and
-    ``"ratio"`` otherwise (a local detector's descriptors are stored and matched with
-    Lowe's ratio test); ``own`` says the embedder's own local features are used.
-    """
-
-    def __init__(self, mode: str, detector: str, n_features: int, own: bool) -> None:
-        self.mode = mode
-        self.detector = detector
-        self.n_features = n_features
-        self.own = own
-        self._extractor: Any = None
-
-    @classmethod
-    def for_embedder(cls, embedder: Embedder, detector: str | None) -> SVFeatures:
-        from .embedders.classical import BoVWEmbedder, LocalFeatureEmbedder
-
-        if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
-            return cls("words", embedder.detector, embedder.n_features, True)
-        if isinstance(embedder, LocalFeatureEmbedder) and detector in (None, embedder.detector):
-            return cls("ratio", embedder.detector, embedder.n_features, True)
-        return cls("ratio", detector or "sift", 1000, False)
-
-    def config(self) -> dict[str, Any]:
-        return {"mode": self.mode, "detector": self.detector, "n_features": self.n_features,
-                "own": self.own}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_extractor": None}
-
-    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
-        if self._extractor is None:
-            from .features.local import LocalFeatureExtractor
-
-            self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
-        return self._extractor.extract(image)
-
-    def features(
-        self, extracted: Any, image: Any, path: str, max_side: int | None
-    ) -> LocalFeatures:
-        """Key points (and descriptors in ``ratio`` mode) of one image, compact."""
-        if self.own:
-            f = extracted
-        else:
-            if image is None:  # features came from the cache: decode again
-                image = read_image(path, max_side=max_side)
-            f = self.extract(image)
-        if self.mode == "words":  # words come from the embedder; no descriptors needed
-            n = len(f)
-            return LocalFeatures(f.keypoints, np.zeros((n, 0), np.uint8), f.scales, f.angles,
-                                 f.image_shape)
-        return f
-
-
-def _cache_file(
-    cache: tuple[Path, str] | None, sha1: str | None, max_side: int | None
-) -> Path | None:
-    """Where the extracted features of an image with content hash ``sha1`` are cached."""
-    if cache is None or sha1 is None:
-        return None
-    root, key = cache
-    return root / f"{key}-s{max_side or 0}" / sha1[:2] / f"{sha1}.npz"
-
-
-def _work(
-    embedder: Embedder,
-    tasks: Sequence[tuple[int, str, BBox | None]],
-    max_side: int | None,
-    stage: str,
-    in_worker: bool,
-    cache: tuple[Path, str] | None = None,
-    sv: SVFeatures | None = None,
-) -> list[_Item]:
-    """Decode, extract and (for ``stage == "reduce"``) reduce a chunk of images.
-
-    With ``cache = (folder, key)``, extracted local features are read from and written to
-    ``folder`` keyed by the image's content hash, so several embedders that extract the same
-    features (``bovw-sift``, ``vlad-sift``) do it once.
-    """
-    if in_worker:
-        _limit_worker_threads()
-    items: list[_Item] = []
-    images = []
-    extracted: dict[int, Any] = {}
-    for position, path, bbox in tasks:
-        try:
-            if bbox is None:
-                sha1, n_bytes, image = read_bytes_and_image(path, max_side=max_side)
-            else:
-                sha1, n_bytes, image = None, None, read_image(path, max_side=max_side, bbox=bbox)
-        except (ImageReadError, ValueError, OSError) as exc:
-            items.append(_Item(position, None, None, None, error=str(exc)))
-            continue
-        items.append(_Item(position, sha1, n_bytes, tuple(image.shape)))
-        cached = _cache_file(cache, sha1, max_side)
-        if cached is not None and cached.exists():
-            try:
-                extracted[len(items) - 1] = load_features(cached)
-                continue
-            except (OSError, ValueError, KeyError):
-                logger.debug("unreadable cache file %s: extracting again", cached)
-        images.append((len(items) - 1, image))
-    try:
-        fresh = embedder.extract_batch([im for _, im in images])
-        pairs = list(zip([i for i, _ in images], fresh, strict=True))
-    except Exception:  # one bad image must not sink the chunk: retry one by one
-        pairs = []
-        for i, im in images:
-            try:
-                pairs.append((i, embedder.extract(im)))
-            except Exception as exc:
-                items[i].error = f"cannot extract features from {tasks[i][1]}: {exc}"
-    for i, feats in pairs:
-        cached = _cache_file(cache, items[i].sha1, max_side)
-        if cached is not None and isinstance(feats, LocalFeatures):
-            try:
-                save_features(cached, feats)
-            except OSError as exc:
-                logger.debug("cannot cache features in %s: %s", cached, exc)
-        extracted[i] = feats
-    for i, feats in sorted(extracted.items()):
-        try:
-            items[i].value = embedder.reduce(feats) if stage == "reduce" else feats
-        except Exception as exc:
-            items[i].error = f"cannot encode {tasks[i][1]}: {exc}"
-    if sv is not None:
-        by_item = dict(images)
-        for i, feats in extracted.items():
-            if items[i].error is None:
-                try:
-                    items[i].keypoints = sv.features(feats, by_item.get(i), tasks[i][1], max_side)
-                except Exception as exc:
-                    items[i].error = f"cannot extract key points from {tasks[i][1]}: {exc}"
-    return items
-
-
-def _show_progress(progress: bool | None) -> bool:
-    if progress is None:
-        return sys.stderr.isatty()
-    return bool(progress)
-
-
 def read_bundle_manifest(root: Path) -> dict[str, Any]:
-    """The checked ``manifest.json`` of a bundle folder; :class:`BundleError` saying what is
-    wrong (not a folder, no or unreadable manifest, another bundle format)."""
-    from ._json import read_json_manifest
-
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is a file, not a folder"
-        raise BundleError(f"{root} {what}, so it is not a bundle folder: pass one written by "
-                          "`cvret index -o`")
-    mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise BundleError(f"{root} has no manifest.json: it is not a cvretrieval bundle "
-                          "(make one with `cvret index`)")
-    manifest = read_json_manifest(mpath)
-    if manifest.get("format") != "cvretrieval-bundle":
-        raise BundleError(f"{mpath} is not a cvretrieval bundle manifest")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise BundleError(
-            f"{root} has bundle format {manifest.get('format_version')!r}; this cvretrieval "
-            f"reads {BUNDLE_FORMAT_VERSION}: rebuild it with `cvret index`"
-        )
-    return manifest
-
-
-RERANK_STEPS = ("sv", "qe")
+    """The checked manifest of a bundle folder (see :func:`cvretrieval.bundle.read_manifest`)."""
+    return read_manifest(Path(root))
 
 
 def parse_rerank(value: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -301,56 +79,55 @@ def parse_rerank(value: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(s for s in RERANK_STEPS if s in steps)
 
 
+def check_k(k: Any) -> int:
+    """``k`` as a positive int (``-k 1e30`` and ``-k 0`` are refused with one line)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
 class Retriever:
-    """Embed, index, search, save and load a collection of images.
+    """Embed, index, search, grow and shrink a collection of images kept in a bundle folder.
 
     Parameters
     ----------
     embedder : Embedder or str
-        An embedder, or a spec string for :func:`cvretrieval.make_embedder` (``"hog"``,
-        ``"bovw-sift"``, ...).
+        An embedder, or a spec for :func:`cvretrieval.make_embedder` (``"hog"``, ``"bovw-sift"``).
     index : str, default 'flat'
-        A preset (``flat``, ``ivf``, ``lsh``, ``pq``, ``hnsw``) or any Faiss factory string.
+        ``flat``, ``ivf``, ``lsh``, ``pq``, ``hnsw``, ``auto`` (chosen from the number of
+        vectors, their dimension and ``max_memory``), ``sparse`` (an inverted file of BoVW
+        rows) or any Faiss factory string.
     metric : {'ip', 'l2'}, default 'ip'
-        Inner product (cosine: every built-in embedder L2-normalises) or L2 distance.
     max_side : int or None, default 640
         Images are downscaled so their long side is at most this before extraction.
     n_jobs : int, default -1
-        Worker processes for extraction (-1: all cores; 1: in this process).
-    chunk_size : int, default 8
-        Images per task sent to a worker.
+        Worker processes (-1: all cores; 1: in this process).
+    chunk_size : int, optional
+        Images per worker task (default: from the number of images, 8 to 64).
+    scheduler : str, optional
+        ``"local"`` or ``tcp://host:8786``: run the pipeline on dask.distributed.
     nprobe, ef_search : int, optional
         Search-time parameters of IVF and HNSW indexes.
+    max_memory : int or str, optional
+        Memory budget of ``index="auto"`` (``"4G"``).
     random_state : int, default 0
-        Seeds the choice of images the embedder is fitted on and the index training.
-    pca_whiten : int, optional
-        Learn a PCA-whitening of the vectors on the indexed images and keep this many
-        dimensions (:class:`~cvretrieval.whitening.PCAWhitening`); queries are whitened
-        the same way.
-    whiten_shrinkage : float, default 0.5
-        Eigenvalue shrinkage of the whitening (0 = full whitening, 1 = plain PCA); full
-        whitening learned on few images over-fits them.
+        Seeds the samples the embedder, the whitening and the index are fitted on.
+    pca_whiten, whiten_shrinkage
+        Learn a PCA-whitening (this many dimensions) on a sample of the images.
     dba : int, default 0
-        Database-side augmentation: replace every indexed vector by the weighted mean of
-        itself and its ``dba`` nearest neighbours (0 = off).
+        Database-side augmentation with this many neighbours (0 = off).
     rerank : sequence of str, default ()
-        Re-ranking applied by :meth:`search` when none is asked for: ``"qe"`` (query
-        expansion), ``"sv"`` (spatial verification; needs ``store_features``).
-    qe_k : int, default 5
-        Top results that expand a query.
-    qe_alpha : float or None, default 3.0
-        alpha-QE weight exponent; ``None`` for plain average query expansion.
+        Default re-ranking of :meth:`search`: ``"sv"`` and/or ``"qe"``.
+    qe_k, qe_alpha
+        Query expansion: top results used, alpha-QE exponent (``None`` = average QE).
     store_features : bool, default False
-        Keep the indexed images' key points (a :class:`~cvretrieval.featurestore.FeatureStore`
-        in the bundle) so searches can be spatially verified; implied by ``"sv"`` in
-        ``rerank``. BoVW bundles keep key points and visual words; other embedders keep a
-        local detector's descriptors (``sv_detector``, default the embedder's own or SIFT).
-    sv_top, sv_min_inliers : int
-        Results verified per query (100) and inliers that make a match verified (12).
+        Keep key points for spatial verification (implied by ``"sv"``).
+    sv_detector, sv_top, sv_min_inliers
+        Verification detector (default the embedder's own), results verified, inliers needed.
     feature_cache : path, optional
-        A folder where extracted local features are cached by image content hash, so
-        embedders extracting the same features (``bovw-sift`` then ``vlad-sift``) share
-        the work; ``cvret bench`` uses it. Not part of the saved bundle.
+        Share extracted local features between embedders by image content hash.
+    lock_timeout : float, default 3600
+        Seconds a writer waits for another writer of the same bundle.
 
     Examples
     --------
@@ -367,9 +144,11 @@ class Retriever:
         *,
         max_side: int | None = 640,
         n_jobs: int = -1,
-        chunk_size: int = 8,
+        chunk_size: int | None = None,
+        scheduler: str | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        max_memory: int | str | None = None,
         random_state: int = 0,
         pca_whiten: int | None = None,
         whiten_shrinkage: float = 0.5,
@@ -382,6 +161,7 @@ class Retriever:
         sv_top: int = 100,
         sv_min_inliers: int = 12,
         feature_cache: str | os.PathLike | None = None,
+        lock_timeout: float = 3600.0,
     ) -> None:
         self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
         self.index_spec = index
@@ -389,8 +169,10 @@ class Retriever:
         self.max_side = max_side
         self.n_jobs = n_jobs
         self.chunk_size = chunk_size
+        self.scheduler = scheduler
         self.nprobe = nprobe
         self.ef_search = ef_search
+        self.max_memory = max_memory
         self.random_state = random_state
         self.pca_whiten = pca_whiten
         self.whiten_shrinkage = whiten_shrinkage
@@ -402,28 +184,53 @@ class Retriever:
         self.sv_detector = sv_detector
         self.sv_top = int(sv_top)
         self.sv_min_inliers = int(sv_min_inliers)
-        self._sv = SVFeatures.for_embedder(self.embedder, sv_detector)
-        self._store_dir: Path | None = None  # the feature store (a scratch folder or the bundle's)
-        self._store: Any = None
         self.feature_cache = feature_cache
+        self.lock_timeout = float(lock_timeout)
         self._check_sparse_options()
         self.whitening_: Any = None
-        self._xb: NDArray[np.float32] | None = None  # indexed vectors, for query expansion
-        self.index: Index | SparseIndex | None = None
-        self.catalog = Catalog()
-        self.ids_ = np.zeros(0, np.int64)  # index position -> catalog id
+        self.index: Any = None
+        self.bundle_: Bundle | None = None
         self.last_run_: dict[str, Any] = {}
-        self._vectors: dict[int, NDArray[np.float32]] = {}  # catalog id -> vector (this session)
+        self._store: Any = None
 
     # --- introspection ----------------------------------------------------------------
     @property
-    def paths(self) -> list[Path]:
-        """Catalog image paths; search results' ids index this list."""
-        return [Path(p) for p in self.catalog.paths]
+    def sparse(self) -> bool:
+        """True for a sparse BoVW index (``index="sparse"``: an inverted file)."""
+        return self.index_spec == "sparse"
+
+    @property
+    def _sv(self) -> SVFeatures:
+        return SVFeatures.for_embedder(self.embedder, self.sv_detector)
 
     @property
     def is_built(self) -> bool:
         return self.index is not None
+
+    @property
+    def root(self) -> Path | None:
+        """The bundle folder this retriever reads and writes."""
+        return self.bundle_.root if self.bundle_ is not None else None
+
+    @property
+    def catalog(self) -> Any:
+        self._check_built()
+        assert self.bundle_ is not None
+        return self.bundle_.catalog
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every catalog path by id (reads the whole catalog: prefer :meth:`paths_of`)."""
+        if self.bundle_ is None:
+            return []
+        out: list[Path] = [Path()] * self.bundle_.next_id
+        for e in self.bundle_.catalog:
+            out[e.id] = Path(e.path)
+        return out
+
+    def paths_of(self, ids: Sequence[int] | NDArray[np.int64]) -> list[str | None]:
+        """Paths of catalog ids (``None`` for -1 or unknown ids): O(len(ids))."""
+        return self.catalog.paths_of(ids)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -436,248 +243,27 @@ class Retriever:
         }
 
     def _options(self) -> dict[str, Any]:
-        """Post-processing and re-ranking settings (also saved in the manifest)."""
         return {
-            "pca_whiten": self.pca_whiten,
-            "whiten_shrinkage": self.whiten_shrinkage,
-            "dba": self.dba,
-            "rerank": list(self.rerank),
-            "qe_k": self.qe_k,
-            "qe_alpha": self.qe_alpha,
-            "store_features": self.store_features,
-            "sv_detector": self.sv_detector,
-            "sv_top": self.sv_top,
+            "pca_whiten": self.pca_whiten, "whiten_shrinkage": self.whiten_shrinkage,
+            "dba": self.dba, "rerank": list(self.rerank), "qe_k": self.qe_k,
+            "qe_alpha": self.qe_alpha, "store_features": self.store_features,
+            "sv_detector": self.sv_detector, "sv_top": self.sv_top,
             "sv_min_inliers": self.sv_min_inliers,
-            "sv_features": self._sv.config() if self.store_features else None,
+            "sv_features": self.sv_features.config() if self.store_features else None,
         }
 
     @property
     def supports_rerank(self) -> list[str]:
-        """Re-ranking steps this retriever can run (``qe`` always; ``sv`` with stored features)."""
         return ["sv", "qe"] if self.store_features else ["qe"]
 
     @property
     def dim(self) -> int:
-        """Dimension of the indexed vectors (after whitening)."""
         if self.whitening_ is not None:
             return int(self.whitening_.n_components_)
         return int(self.embedder.dim)
 
     def __len__(self) -> int:
-        return int(self.ids_.shape[0])
-
-    # --- building ---------------------------------------------------------------------
-    def _n_jobs(self) -> int:
-        n = self.n_jobs
-        if n is None or n == 0:
-            return 1
-        return max(1, (os.cpu_count() or 1) + 1 + n) if n < 0 else int(n)
-
-    def _run(
-        self,
-        tasks: Sequence[tuple[int, str, BBox | None]],
-        stage: str,
-        progress: bool | None,
-        desc: str,
-    ) -> Iterator[_Item]:
-        """Run ``_work`` over chunks of tasks, in parallel when it pays; yields items in order."""
-        if not tasks:
-            return
-        n_jobs = self._n_jobs()
-        key = self.embedder.extract_cache_key
-        cache = (Path(self.feature_cache), key) if self.feature_cache and key else None
-        sv = self._sv if (self.store_features and desc != "queries") else None
-        size = max(1, int(self.chunk_size))
-        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        if n_jobs == 1 or len(chunks) == 1:
-            results: Any = (
-                _work(self.embedder, c, self.max_side, stage, False, cache, sv) for c in chunks
-            )
-        else:
-            results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_work)(self.embedder, c, self.max_side, stage, True, cache, sv)
-                for c in chunks
-            )
-        with tqdm(total=len(tasks), desc=desc, unit="img",
-                  disable=not _show_progress(progress)) as bar:
-            for chunk_items in results:
-                bar.update(len(chunk_items))
-                yield from chunk_items
-
-    @staticmethod
-    def _as_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-        if isinstance(images, (str, os.PathLike)):
-            root = Path(images)
-            paths = list_images(root) if root.is_dir() else [root]
-        else:
-            paths = [Path(p) for p in images]
-        if not paths:
-            raise ValueError(f"no images to index in {images!s}: the folder holds no image files")
-        return paths
-
-    def _fit_on_sample(
-        self, tasks: list[tuple[int, str, BBox | None]], progress: bool | None
-    ) -> tuple[list[_Item], list[tuple[int, str, BBox | None]]]:
-        """Extract a random sample of images, fit the embedder on it; return (sample, rest)."""
-        rng = np.random.default_rng(self.random_state)
-        m = self.embedder.n_fit_images(len(tasks))
-        chosen = set(rng.choice(len(tasks), size=m, replace=False).tolist())
-        sample = [t for j, t in enumerate(tasks) if j in chosen]
-        rest = [t for j, t in enumerate(tasks) if j not in chosen]
-        extracted = list(self._run(sample, "extract", progress, "features (fit sample)"))
-        good = [it for it in extracted if it.error is None]
-        if not good:
-            raise ImageReadError(
-                f"none of the {len(sample)} images sampled to fit {self.embedder.name} "
-                "could be read"
-            )
-        self.embedder.fit([it.value for it in good])
-        return extracted, rest
-
-    def fit(
-        self,
-        images: str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        progress: bool | None = None,
-    ) -> Retriever:
-        """Fit the embedder only (e.g. a vocabulary) on a random sample of ``images``."""
-        paths = self._as_paths(images)
-        self._fit_on_sample([(i, str(p), None) for i, p in enumerate(paths)], progress)
-        return self
-
-    def build(
-        self,
-        images: str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        progress: bool | None = None,
-    ) -> Retriever:
-        """Fit the embedder if needed, embed every image and build the index.
-
-        Parameters
-        ----------
-        images : folder or sequence of paths
-            A folder is listed recursively (see :func:`cvretrieval.io.list_images`).
-        progress : bool, optional
-            Show progress bars (default: when standard error is a terminal).
-
-        Returns
-        -------
-        self
-        """
-        paths = self._as_paths(images)
-        validate = getattr(self.embedder, "validate", None)
-        if callable(validate):  # a missing model fails once, not once per image
-            validate()
-        t0 = time.perf_counter()
-        self.catalog = Catalog()
-        self._vectors = {}
-        items: list[_Item | None] = [None] * len(paths)
-        tasks: list[tuple[int, str, BBox | None]] = [(i, str(p), None) for i, p in enumerate(paths)]
-        fit_seconds = 0.0
-        if self.embedder.needs_fit:
-            t_fit = time.perf_counter()
-            sample, tasks = self._fit_on_sample(tasks, progress)
-            for it in sample:
-                if it.error is None:
-                    it.value = self.embedder.reduce(it.value)
-                items[it.position] = it
-            fit_seconds = time.perf_counter() - t_fit
-        for it in self._run(tasks, "reduce", progress, "embedding"):
-            items[it.position] = it
-        ok = self._record(paths, items)
-        if not ok:
-            raise ImageReadError(
-                f"none of the {len(paths)} images could be read; "
-                f"first error: {items[0].error if items[0] else '?'}"
-            )
-        self.embedder.fit_corpus([items[i].value for i in ok])  # type: ignore[union-attr]
-        t_index = time.perf_counter()
-        if self.sparse:
-            vectors = self._encode([items[i].value for i in ok])  # type: ignore[union-attr]
-            self._vectors = {cid: vectors[r] for r, cid in enumerate(ok)}
-            self.index = self._new_index().build(vectors)
-        else:
-            vectors = self.embedder.encode([items[i].value for i in ok])  # type: ignore[union-attr]
-            vectors = self._fit_whitening(vectors)
-            self._vectors = dict(zip(ok, vectors, strict=True))
-            xb = self._augment(vectors)
-            self.index = self._new_index().build(xb)
-            self._xb = xb
-        self.ids_ = np.asarray(ok, np.int64)
-        if self.store_features:
-            self._write_store(items, append=False)
-        self._report("build", paths, ok, t0, fit_seconds, time.perf_counter() - t_index)
-        return self
-
-    def add(
-        self,
-        images: str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        progress: bool | None = None,
-    ) -> Retriever:
-        """Embed more images with the fitted embedder and append them to the index.
-
-        Images whose path is already in the catalog are skipped (and counted).
-        """
-        if self.index is None:
-            raise NotFittedError("this retriever has no index yet: build it before adding images")
-        t0 = time.perf_counter()
-        known = {str(Path(p).resolve()) for p in self.catalog.paths}
-        paths, duplicates = [], 0
-        for p in self._as_paths(images):
-            key = str(p.resolve())
-            if key in known:
-                duplicates += 1
-                continue
-            known.add(key)
-            paths.append(p)
-        items: list[_Item | None] = [None] * len(paths)
-        tasks = [(i, str(p), None) for i, p in enumerate(paths)]
-        for it in self._run(tasks, "reduce", progress, "embedding"):
-            items[it.position] = it
-        first_id = len(self.catalog)
-        ok = self._record(paths, items)
-        if ok:
-            vectors = self._encode([items[i - first_id].value for i in ok])  # type: ignore[union-attr]
-            if self.sparse:
-                self._vectors.update({cid: vectors[r] for r, cid in enumerate(ok)})
-                self.index.add(vectors)
-                self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
-                if self.store_features:
-                    self._write_store(items, append=True)
-                self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
-                return self
-            self._vectors.update(zip(ok, vectors, strict=True))
-            old_xb = self._indexed_vectors() if (self.dba or self._xb is not None) else None
-            xb = self._augment(vectors, old_xb)
-            self.index.add(xb)
-            if old_xb is not None:
-                self._xb = np.concatenate([old_xb, xb])
-            self.ids_ = np.concatenate([self.ids_, np.asarray(ok, np.int64)])
-        if self.store_features:
-            self._write_store(items, append=True)
-        self._report("add", paths, ok, t0, 0.0, 0.0, duplicates=duplicates)
-        return self
-
-    # --- vectors and the index -----------------------------------------------------------
-    @property
-    def sparse(self) -> bool:
-        """True for a sparse BoVW index (``index="sparse"``: an inverted file)."""
-        return self.index_spec == "sparse"
-
-    def _encode(self, reduced: Sequence[Any]) -> Any:
-        """Final query/database vectors: sparse rows, or dense whitened ones."""
-        if self.sparse:
-            return self.embedder.encode_sparse(reduced)  # type: ignore[attr-defined]
-        return self._whiten(self.embedder.encode(reduced))
-
-    def _new_index(self) -> Any:
-        if self.sparse:
-            from .sparse import SparseIndex
-
-            return SparseIndex(self.embedder.dim)
-        return Index(self.index_spec, self.metric, nprobe=self.nprobe, ef_search=self.ef_search,
-                     random_state=self.random_state)
+        return int(self.index.ntotal) if self.index is not None else 0
 
     def _check_sparse_options(self) -> None:
         if not self.sparse:
@@ -693,214 +279,489 @@ class Retriever:
             raise ValueError("--pca-whiten and --dba need dense vectors: "
                              "use a Faiss index (flat, hnsw, ...) instead of 'sparse'")
 
-    # --- the feature store (spatial verification) ---------------------------------------
-    def _write_store(self, items: Sequence[_Item | None], *, append: bool) -> None:
-        """Append the key points of ``items`` (catalog order) to the feature store."""
-        import tempfile
-        import weakref
+    def _check_built(self) -> None:
+        if self.index is None:
+            raise NotFittedError("this retriever is empty: build it (cvret index) before searching")
 
+    # --- the pieces ---------------------------------------------------------------------
+    def _pipeline(self, n_jobs: int | None = None) -> Pipeline:
+        from ._dask import resolve_scheduler
+
+        return Pipeline(n_jobs=self.n_jobs if n_jobs is None else n_jobs,
+                        chunk_size=self.chunk_size, scheduler=resolve_scheduler(self.scheduler))
+
+    def _cache(self) -> tuple[str, str] | None:
+        key = self.embedder.extract_cache_key
+        return (str(self.feature_cache), key) if self.feature_cache and key else None
+
+    def _job(self, stage: str, *, keypoints: bool = False) -> Job:
+        return Job(self.embedder, stage, self.max_side, sparse=self.sparse,
+                   whitening=self.whitening_, sv=self.sv_features if keypoints else None,
+                   cache=self._cache())
+
+    def _new_index(self) -> Any:
+        if self.sparse:
+            return self._index_class()(self.embedder.dim)
+        return self._index_class()(self.index_spec, self.metric, nprobe=self.nprobe, ef_search=self.ef_search,
+                     random_state=self.random_state, max_memory=self.max_memory)
+
+    @staticmethod
+    def _as_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+        if isinstance(images, (str, os.PathLike)):
+            root = Path(images)
+            paths = list_images(root) if root.is_dir() else [root]
+        else:
+            paths = [Path(p) for p in images]
+        if not paths:
+            raise ValueError(f"no images to index in {images!s}: the folder holds no image files")
+        return paths
+
+    def _store_writer(self) -> Any:
+        if not self.store_features:
+            return None
         from .featurestore import FeatureStoreWriter
 
-        scratch = Path(tempfile.mkdtemp(prefix="cvret-features-"))
-        weakref.finalize(self, shutil.rmtree, scratch, True)
-        target = scratch / "features"
-        if append and self._store_dir is not None:
-            shutil.copytree(self._store_dir, target)  # never write into a saved bundle
-        words = self._sv.mode == "words"
-        writer = FeatureStoreWriter(
-            target,
-            mode="a" if append and self._store_dir is not None else "w",
-            max_keypoints=self._sv.n_features,
-            descriptors="none" if words else "auto",
-            words=words,
-            meta=self._sv.config(),
-        )
-        with writer:
-            for it in items:
-                if it is None or it.error is not None or it.keypoints is None:
-                    writer.append(None)
-                else:
-                    writer.append(it.keypoints, words=it.value if words else None)
-                    it.keypoints = None
-        self._store_dir, self._store = target, None
+        sv = self.sv_features
+        words = sv.mode == "words"
+        return lambda d: FeatureStoreWriter(d, max_keypoints=sv.n_features,
+                                            descriptors="none" if words else "auto",
+                                            words=words, meta=sv.config())
 
-    def _feature_store(self) -> Any:
-        if self._store is None:
-            from .featurestore import FeatureStore
+    def _has_features(self) -> Any:
+        test = getattr(self.embedder, "has_features", None)
+        return test if callable(test) else None
 
-            if self._store_dir is None:
-                raise ValueError("this retriever keeps no key points: build it with --rerank sv")
-            self._store = FeatureStore.open(self._store_dir)
-        return self._store
+    # --- building -----------------------------------------------------------------------
+    def fit(self, images: str | os.PathLike | Sequence[str | os.PathLike], *,
+            progress: bool | None = None) -> Retriever:
+        """Fit the embedder only (e.g. a vocabulary) on a random sample of ``images``."""
+        paths = self._as_paths(images)
+        fit_on_sample(self._pipeline(), self.embedder, [(i, str(p), None)
+                                                        for i, p in enumerate(paths)],
+                      max_side=self.max_side, random_state=self.random_state, fit_only=True,
+                      cache=self._cache(), progress=progress)
+        return self
 
-    def _query_features(self, query: Any, bbox: BBox | None) -> tuple[Any, Any]:
-        """Key points (and words in ``words`` mode) of one query, as the store holds them."""
-        img = read_image(query, max_side=self.max_side, bbox=bbox)
-        if self._sv.own:
-            feats = self.embedder.extract(img)
-            words = self.embedder.reduce(feats) if self._sv.mode == "words" else None
-            return feats, words
-        return self._sv.extract(img), None
+    def build(self, images: str | os.PathLike | Sequence[str | os.PathLike], *,
+              output: str | os.PathLike | None = None, progress: bool | None = None) -> Retriever:
+        """Fit on a sample, embed every image into the bundle ``output`` and index it.
 
-    # --- post-processing of vectors ------------------------------------------------------
-    def _fit_whitening(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        Without ``output`` the bundle lives in a temporary folder removed with this object
+        (:meth:`save` copies it). An existing bundle at ``output`` is replaced atomically.
+        """
+        from ._dask import scheduler_session
+
+        paths = self._as_paths(images)
+        validate = getattr(self.embedder, "validate", None)
+        if callable(validate):  # a missing model fails once, not once per image
+            validate()
+        t0 = time.perf_counter()
+        root = Path(output) if output is not None else self._scratch()
+        tasks = [(i, str(p), None) for i, p in enumerate(paths)]
+        with scheduler_session(self._pipeline().scheduler), \
+                BundleWriter(root, timeout=self.lock_timeout) as w:
+            whitening = self._new_whitening()
+            t_fit = time.perf_counter()
+            pipe = self._pipeline()
+            sample = fit_on_sample(pipe, self.embedder, tasks, max_side=self.max_side,
+                                   random_state=self.random_state, whitening=whitening,
+                                   cache=self._cache(), progress=progress)
+            self.whitening_ = whitening
+            fit_s = time.perf_counter() - t_fit
+            emb_dir = w.new_name("embedder")
+            self.embedder.save(root / emb_dir)
+            wh_dir = None
+            if whitening is not None:
+                wh_dir = w.new_name("whitening")
+                whitening.save(root / wh_dir)
+            cat_name = w.new_name("catalog", ".sqlite")
+            manifest = self._manifest_base(root, emb_dir, wh_dir, cat_name)
+            records, failures = self._stream(w, root / cat_name, tasks, paths, 0, sample,
+                                             progress)
+            if not any(r["n"] for r in records):
+                first = failures[0]["error"] if failures else "no image had features"
+                raise ImageReadError(f"none of the {len(paths)} images could be indexed; "
+                                     f"first error: {first}")
+            t_index = time.perf_counter()
+            manifest["segments"], manifest["next_id"] = records, len(paths)
+            manifest["index"] = self._train_and_shard(root, manifest, w)
+            index_s = time.perf_counter() - t_index
+            self._commit(w, manifest)
+        self._open(root)
+        self._report("build", len(paths), failures, t0, fit_s, index_s)
+        return self
+
+    def _scratch(self) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix="cvret-bundle-"))
+        weakref.finalize(self, shutil.rmtree, tmp, True)
+        return tmp / "bundle"
+
+    def _new_whitening(self) -> Any:
         if not self.pca_whiten:
-            self.whitening_ = None
-            return vectors
+            return None
         from .whitening import PCAWhitening
 
-        n, d = vectors.shape
-        if n < 10 * min(int(self.pca_whiten), d):
-            logger.warning(
-                "PCA-whitening of %d dimensions learned on only %d images: expect over-fitting "
-                "(shrinkage %.2f)", min(int(self.pca_whiten), d), n, self.whiten_shrinkage
-            )
-        self.whitening_ = PCAWhitening(
-            n_components=int(self.pca_whiten),
-            shrinkage=float(self.whiten_shrinkage),
-            random_state=self.random_state,
-        ).fit(vectors)
-        return self.whitening_.transform(vectors)
+        return PCAWhitening(n_components=int(self.pca_whiten),
+                            shrinkage=float(self.whiten_shrinkage),
+                            random_state=self.random_state)
 
-    def _whiten(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-        if self.whitening_ is None or len(vectors) == 0:
-            return vectors
-        return self.whitening_.transform(vectors)
+    def _stream(self, w: BundleWriter, catalog_path: Path, tasks: list[Any], paths: list[Path],
+                first_id: int, done: dict[int, Any], progress: bool | None) -> tuple[list, list]:
+        """Run the pipeline over ``tasks`` (except those in ``done``, whose reduced results
+        are finished here) and write the results to new segments and catalog rows."""
+        job = self._job("encode", keypoints=self.store_features)
+        todo = [t for t in tasks if t[0] not in done]
+        if done and self.store_features:  # the sample's key points were not kept: redo them
+            todo, done = tasks, {}
+        finished: dict[int, Any] = {}
+        if done:
+            good = [p for p, it in done.items() if it.error is None]
+            for p, v in zip(good, job.finish([done[p].value for p in good]), strict=True):
+                done[p].value = v
+            finished = done
+        stream = self._pipeline().map(job, todo, progress=progress, desc="embedding")
 
-    def _augment(
-        self, vectors: NDArray[np.float32], old: NDArray[np.float32] | None = None
-    ) -> NDArray[np.float32]:
-        """DBA of ``vectors`` (new rows) against themselves and the ``old`` indexed rows."""
-        if not self.dba or len(vectors) == 0:
-            return vectors
-        from .rerank.qe import database_augmentation
+        def ordered() -> Any:
+            for pos in range(len(tasks)):
+                it = finished.pop(pos) if pos in finished else next(stream)
+                it.position = pos
+                yield it
 
-        if old is None or len(old) == 0:
-            return database_augmentation(vectors, k=self.dba, metric=self.metric)
-        both = np.concatenate([vectors, old])
-        return database_augmentation(both, k=self.dba, metric=self.metric)[: len(vectors)]
+        sparse = self.sparse
+        with bb.Catalog(catalog_path, first_id, write=True) as catalog:
+            return bb.write_segments(
+                lambda: w.new_segment(sparse=sparse, dim=self._vector_dim()), catalog,
+                ordered(), [str(p.resolve()) for p in paths], first_id,
+                store=self._store_writer(), has_features=self._has_features())
 
-    def _indexed_vectors(self) -> NDArray[np.float32]:
-        """The vectors the index holds, in index order (kept, or reconstructed from it)."""
-        if self._xb is None:
-            assert isinstance(self.index, Index)  # dense: a sparse index holds no vectors
-            self._xb = self.index.reconstruct_all()
-        return self._xb
+    def _vector_dim(self) -> int:
+        return self.dim if not self.sparse else int(self.embedder.dim)
 
-    def _record(self, paths: Sequence[Path], items: Sequence[_Item | None]) -> list[int]:
-        """Append catalog entries in input order; return the catalog ids that were embedded."""
-        ok = []
-        for path, it in zip(paths, items, strict=True):
-            assert it is not None
-            if it.error is None:
-                h, w = (it.shape or (None, None))[:2]
-                e = self.catalog.append(
-                    path=str(path.resolve()), sha1=it.sha1, n_bytes=it.n_bytes, width=w, height=h
-                )
-                ok.append(e.id)
-            else:
-                logger.warning("skipped %s", it.error)
-                self.catalog.append(path=str(path.resolve()), status="failed", error=it.error)
-        return ok
+    def _train_and_shard(self, root: Path, manifest: dict[str, Any], w: BundleWriter,
+                         template: Any = None, only: set[int] | None = None) -> dict[str, Any]:
+        """Train the index on a sample of the stored vectors (unless ``template`` is given),
+        save the trained empty index and each segment's shard; returns the manifest's
+        ``index`` record."""
+        bundle = Bundle(root, {**manifest, "index": {"kind": "sparse" if self.sparse else "faiss",
+                                                      "dim": self._vector_dim(), "spec": ""}})
+        if template is None:
+            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE, self.random_state)
+            total = sum(s.n for s in bundle.segments)
+            template = self._new_index().train(sample, n_total=total)
+            name = w.new_name("index", ".bin")
+            template.save(root / name)
+        else:
+            name = manifest["index"]["template"]
+        transform = None
+        if self.dba:
+            transform = lambda X: bb.augment(bundle.segments, bundle.rows, X,  # noqa: E731
+                                             self.dba, self.metric)
+        bb.build_shards(bundle.segments, template, transform=transform, only=only)
+        return {"kind": "sparse" if self.sparse else "faiss", "spec": self.index_spec,
+                "dim": self._vector_dim(), "template": name, "config": template.config()}
 
-    def _report(self, what: str, paths: Sequence[Path], ok: Sequence[int], t0: float,
+    def _manifest_base(self, root: Path, emb_dir: str, wh_dir: str | None,
+                       cat_name: str) -> dict[str, Any]:
+        import cv2
+        import faiss
+
+        return {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {"cvretrieval": __version__, "numpy": np.__version__,
+                         "faiss": getattr(faiss, "__version__", "?"), "opencv": cv2.__version__},
+            "embedder": {**self.embedder.spec(), "dim": int(self.embedder.dim), "dir": emb_dir,
+                         "checksums": folder_checksums(root / emb_dir)},
+            "metric": self.metric, "max_side": self.max_side, "random_state": self.random_state,
+            "options": {**self._options(), "whitening": wh_dir}, "catalog": cat_name,
+        }
+
+    def _commit(self, w: BundleWriter, manifest: dict[str, Any]) -> None:
+        n_vectors = sum(s["n"] for s in manifest["segments"])
+        with bb.Catalog(w.root / manifest["catalog"], manifest["next_id"]) as cat:
+            counts = {s: cat.count(s) for s in ("ok", "failed", "nofeatures", "removed")}
+        manifest["counts"] = {"images": manifest["next_id"], "vectors": n_vectors, **counts}
+        w.commit(manifest)
+
+    def add(self, images: str | os.PathLike | Sequence[str | os.PathLike], *,
+            progress: bool | None = None) -> Retriever:
+        """Embed more images with the fitted embedder and append them to the bundle in
+        place: new segments, new catalog rows, one manifest commit. Paths already in the
+        catalog are skipped (and counted)."""
+        root = self._require_root("add images")
+        t0 = time.perf_counter()
+        candidates = self._as_paths(images)
+        with BundleWriter(root, timeout=self.lock_timeout, create=False) as w:
+            manifest = self._writer_manifest(w)
+            first_id = int(manifest["next_id"])
+            with bb.Catalog(root / manifest["catalog"], first_id) as cat:
+                known = cat.ids_of([str(p.resolve()) for p in candidates])
+                removed = set(cat.ids_with_status("removed").tolist()) if known else set()
+            live = {p for p, i in known.items() if i not in removed}
+            paths = []
+            for p in candidates:
+                key = str(p.resolve())
+                if key not in live:
+                    live.add(key)
+                    paths.append(p)
+            duplicates = len(candidates) - len(paths)
+            failures: list[dict[str, str]] = []
+            if paths:
+                tasks = [(i, str(p), None) for i, p in enumerate(paths)]
+                records, failures = self._stream(w, root / manifest["catalog"], tasks, paths,
+                                                 first_id, {}, progress)
+                manifest["segments"] = manifest["segments"] + records
+                manifest["next_id"] = first_id + len(paths)
+                new = {r["number"] for r in records if r["n"]}
+                template = self._load_template(root, manifest)
+                manifest["index"] = self._train_and_shard(root, manifest, w, template, new)
+                self._commit(w, manifest)
+        self._open(root)
+        self._report("add", len(paths), failures, t0, 0.0, 0.0, duplicates=duplicates)
+        return self
+
+    def remove(self, images: Sequence[str | os.PathLike] | None = None, *,
+               missing: bool = False) -> dict[str, Any]:
+        """Remove images (by path) from the bundle, or with ``missing`` those whose files
+        are gone. Removed images are never returned by a search. Returns a summary."""
+        root = self._require_root("remove images")
+        with BundleWriter(root, timeout=self.lock_timeout, create=False) as w:
+            manifest = self._writer_manifest(w)
+            with bb.Catalog(root / manifest["catalog"], manifest["next_id"], write=True) as cat:
+                wanted = [str(Path(p).resolve()) for p in (images or [])]
+                found = cat.ids_of(wanted) if wanted else {}
+                ids = [i for p, i in found.items()]
+                if missing:
+                    ids += [e.id for e in cat.iter_entries()
+                            if e.status != "removed" and not Path(e.path).is_file()]
+                live = [e.id for e in cat.entries(sorted(set(ids)))
+                        if e is not None and e.status != "removed"]
+                cat.mark_removed(live)
+            not_found = [p for p in wanted if p not in found]
+            self._commit(w, manifest)
+        self._open(root)
+        self.last_run_ = {"operation": "remove", "removed": len(live), "not_found": not_found,
+                          "total_indexed": len(self)}
+        return self.last_run_
+
+    def compact(self, *, retrain: bool = False, progress: bool | None = None) -> dict[str, Any]:
+        """Merge every segment into one without the removed images; with ``retrain`` (or
+        when the index's list count no longer fits) train the index again."""
+        root = self._require_root("compact")
+        t0 = time.perf_counter()
+        with BundleWriter(root, timeout=self.lock_timeout, create=False) as w:
+            manifest = self._writer_manifest(w)
+            bundle = Bundle(root, manifest)
+            removed = bundle.catalog.ids_with_status("removed")
+            before = len(bundle.segments)
+            number, writer = w.new_segment(sparse=self.sparse, dim=self._vector_dim())
+            stores = bundle.feature_store() if self.store_features else None
+            kp = self._store_writer()(writer.directory / "features") if stores else None
+            for _, ids, rows in bb.iter_live_blocks(bundle.segments, removed):
+                writer.append(ids, rows if self.sparse else np.asarray(rows, np.float32))
+                if kp is not None:
+                    self._copy_keypoints(stores, kp, ids, bundle.catalog)
+            writer.close()
+            if kp is not None:
+                kp.close()
+            bundle.catalog.close()
+            manifest["segments"] = [{"number": number, "n": writer.n,
+                                     "first_id": max(writer.first_id, 0),
+                                     "last_id": writer.last_id}]
+            template = self._load_template(root, manifest)
+            retrain = retrain or bool(getattr(template, "needs_retrain", lambda n: False)(writer.n))
+            manifest["index"] = self._train_and_shard(root, manifest, w,
+                                                      None if retrain else template)
+            self._commit(w, manifest)
+        self._open(root)
+        self.last_run_ = {"operation": "compact", "segments_before": before, "segments_after": 1,
+                          "removed_dropped": int(len(removed)), "retrained": retrain,
+                          "total_indexed": len(self), "seconds": round(time.perf_counter() - t0, 3)}
+        return self.last_run_
+
+    def _copy_keypoints(self, stores: Any, kp: Any, ids: NDArray[np.int64], catalog: Any) -> None:
+        from .features.local import LocalFeatures
+
+        for cid in ids.tolist():
+            points, desc, words = stores.get(cid)
+            n = len(points)
+            desc = desc if desc is not None else np.zeros((n, 0), np.uint8)
+            kp.append(LocalFeatures(np.asarray(points, np.float32), desc, np.ones(n, np.float32),
+                                    np.zeros(n, np.float32), (0, 0)), words=words)
+
+    def _require_root(self, what: str) -> Path:
+        if self.bundle_ is None:
+            raise NotFittedError(f"this retriever has no bundle yet: build it before you {what}")
+        return self.bundle_.root
+
+    def _writer_manifest(self, w: BundleWriter) -> dict[str, Any]:
+        """The committed manifest, checked to still be the bundle this retriever loaded."""
+        assert w.manifest is not None and self.bundle_ is not None
+        if w.manifest["embedder"]["dir"] != self.bundle_.manifest["embedder"]["dir"]:
+            raise BundleError(f"{w.root} was rebuilt by another process since it was opened: "
+                              "load it again")
+        return dict(w.manifest)
+
+    def _load_template(self, root: Path, manifest: dict[str, Any]) -> Any:
+        return self._index_class().load(root / manifest["index"]["template"])
+
+    def _index_class(self) -> Any:
+        from ._stopgap_index import StopgapIndex, StopgapSparse  # TEMPORARY
+
+        return StopgapSparse if self.sparse else StopgapIndex
+
+    def _report(self, what: str, n: int, failed: list[dict[str, str]], t0: float,
                 fit_s: float, index_s: float, duplicates: int = 0) -> None:
-        failed = [
-            {"path": e.path, "error": e.error}
-            for e in self.catalog.entries[len(self.catalog) - len(paths):]
-            if e.status != "ok"
-        ]
         self.last_run_ = {
-            "operation": what,
-            "images": len(paths),
-            "indexed": len(ok),
-            "skipped": len(failed),
-            "duplicates": duplicates,
-            "failed": failed,
-            "total_indexed": len(self),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "fit_seconds": round(fit_s, 3),
+            "operation": what, "images": n, "indexed": n - len(failed), "skipped": len(failed),
+            "duplicates": duplicates, "failed": failed[:1000], "total_indexed": len(self),
+            "seconds": round(time.perf_counter() - t0, 3), "fit_seconds": round(fit_s, 3),
             "index_seconds": round(index_s, 3),
         }
         if failed:
             logger.warning("%s: %d of %d images could not be read and were skipped",
-                           what, len(failed), len(paths))
+                           what, len(failed), n)
 
-    # --- searching --------------------------------------------------------------------
+    # --- persistence ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Copy this retriever's bundle to ``path`` (a no-op when it is already there)."""
+        root = self._require_root("save it")
+        target = Path(path)
+        if target.resolve() == root.resolve():
+            return target
+        with BundleWriter(target, timeout=self.lock_timeout) as w:
+            manifest = dict(self.bundle_.manifest)  # type: ignore[union-attr]
+            for key in [manifest["embedder"]["dir"], manifest["index"]["template"],
+                        *([manifest["options"]["whitening"]]
+                          if manifest["options"].get("whitening") else [])]:
+                src = root / key
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, target / key)
+            self.catalog.copy_to(target / manifest["catalog"])
+            for s in manifest["segments"]:
+                name = f"segments/{s['number']:06d}"
+                shutil.copytree(root / name, target / name)
+            w.commit(manifest)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, n_jobs: int = -1) -> Retriever:
+        """Open a bundle folder (checked field by field) for searching and growing."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        opts = manifest["options"]
+        bundle = Bundle(root, manifest)
+        embedder = load_embedder(bundle.check_embedder_files())
+        kind = manifest["index"].get("kind")
+        ret = cls(embedder, index="sparse" if kind == "sparse" else manifest["index"]["spec"],
+                  metric=manifest["metric"], max_side=manifest.get("max_side"), n_jobs=n_jobs,
+                  random_state=manifest.get("random_state", 0),
+                  **{k: opts[k] for k in _OPTIONS if k in opts})
+        ret._open(root)
+        return ret
+
+    def _open(self, root: Path) -> None:
+        """(Re)read the committed bundle: manifest, whitening, index shards, removals."""
+        bundle = Bundle.open(root)
+        m = bundle.manifest
+        whitening = None
+        if m["options"].get("whitening"):
+            from .whitening import PCAWhitening
+
+            try:
+                whitening = PCAWhitening.load(root / m["options"]["whitening"])
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"{root / m['options']['whitening']} cannot be read "
+                                  f"({exc})") from None
+        dim = int(whitening.n_components_) if whitening is not None else int(m["embedder"]["dim"])
+        if int(m["index"].get("dim", -1)) != dim:
+            raise BundleError(f"{root / 'manifest.json'}: field 'index.dim' is "
+                              f"{m['index'].get('dim')!r} but the embedder gives {dim}")
+        index = self._index_class().load(root / m["index"]["template"]).empty_copy()
+        for seg in bundle.segments:
+            shard = self._index_class().load(seg.shard_path)
+            if shard.ntotal != seg.n:
+                raise BundleError(f"{seg.shard_path} holds {shard.ntotal} vectors, the manifest "
+                                  f"says {seg.n}: the bundle is damaged; rebuild it")
+            index.merge_from(shard)
+        removed = bundle.catalog.ids_with_status("removed")
+        present = [removed[seg.positions(removed) >= 0] for seg in bundle.segments]
+        removed = np.concatenate(present) if present else removed[:0]
+        if len(removed):
+            index.remove_ids(removed)
+        self.bundle_, self.index, self.whitening_, self._store = bundle, index, whitening, None
+
+    # --- searching ----------------------------------------------------------------------
     def embed_queries(
         self,
         queries: Sequence[str | os.PathLike | bytes | NDArray[np.uint8]],
         bboxes: Sequence[BBox | None] | None = None,
         *,
         progress: bool | None = False,
-    ) -> tuple[NDArray[np.float32], list[int], list[str]]:
+    ) -> tuple[Any, list[int], list[str]]:
         """Vectors of query images; returns ``(X, rows, errors)``.
 
-        ``X`` has one row per query that could be read (``rows`` says which); ``errors``
-        has one message per query (empty string when fine). A query without a box whose
-        path is in the catalog reuses the vector computed when it was indexed (this session).
+        ``X`` has one row per query that could be embedded (``rows`` says which);
+        ``errors`` one message per query (empty when fine). A query path without a box
+        that is indexed reuses its stored vector (no decoding).
         """
         self._check_built()
-        bboxes = list(bboxes) if bboxes is not None else [None] * len(queries)
-        if len(bboxes) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(bboxes)} boxes")
-        by_path = {p: i for i, p in enumerate(self.catalog.paths)} if self._vectors else {}
-        vectors: dict[int, NDArray[np.float32]] = {}
+        assert self.bundle_ is not None
+        boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+        if len(boxes) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
+        keys = {qi: str(Path(q).resolve()) for qi, q in enumerate(queries)
+                if isinstance(q, (str, os.PathLike)) and boxes[qi] is None}
+        known = self.catalog.ids_of(keys.values(), status="ok") if keys else {}
+        stored = {qi: known[k] for qi, k in keys.items() if k in known}
+        tasks = [(qi, q, tuple(b) if b is not None else None)
+                 for qi, (q, b) in enumerate(zip(queries, boxes, strict=True)) if qi not in stored]
+        n_jobs = self.n_jobs if len(tasks) > 16 else 1
         errors = [""] * len(queries)
-        arrays: list[tuple[int, Any, BBox | None]] = []
-        tasks: list[tuple[int, str, BBox | None]] = []
-        for qi, (q, bb) in enumerate(zip(queries, bboxes, strict=True)):
-            if isinstance(q, (np.ndarray, bytes, bytearray)):  # decoded pixels or file bytes
-                arrays.append((qi, q, bb))
-                continue
-            cid = by_path.get(str(Path(q).resolve())) if bb is None else None
-            if cid is not None and cid in self._vectors:
-                vectors[qi] = self._vectors[cid]
-            else:
-                tasks.append((qi, str(q), cast(BBox, tuple(bb)) if bb is not None else None))
-        reduced: dict[int, Any] = {}
-        for it in self._run(tasks, "reduce", progress, "queries"):
-            if it.error is None:
-                reduced[it.position] = it.value
-            else:
+        vectors: dict[int, Any] = {}
+        has = self._has_features()
+        for it in self._pipeline(n_jobs).map(self._job("encode"), tasks, progress=progress,
+                                             desc="queries"):
+            if it.error is not None:
                 errors[it.position] = it.error
-        for qi, arr, bb in arrays:
-            try:
-                img = read_image(arr, max_side=self.max_side, bbox=bb)
-                reduced[qi] = self.embedder.reduce(self.embedder.extract(img))
-            except (ImageReadError, ValueError) as exc:
-                errors[qi] = str(exc)
-        if reduced:
-            order = sorted(reduced)
-            enc = self._encode([reduced[i] for i in order])
-            vectors.update({qi: enc[r] for r, qi in enumerate(order)})
-        rows = sorted(vectors)
+            else:
+                vectors[it.position] = it.value
+        if stored:
+            order = sorted(stored)
+            rows = self.bundle_.rows(np.array([stored[q] for q in order], np.int64))
+            for r, qi in enumerate(order):
+                vectors[qi] = rows[r]
+        if has is not None:
+            for qi in [q for q in vectors if q not in stored]:
+                if _is_zero(vectors[qi]):
+                    logger.warning("query %d has no features: its results are arbitrary", qi)
+        rows_out = sorted(vectors)
+        return self._stack([vectors[i] for i in rows_out]), rows_out, errors
+
+    def _stack(self, vecs: list[Any]) -> Any:
         if self.sparse:
             import scipy.sparse as sp
 
-            X = (sp.vstack([vectors[i] for i in rows]).tocsr() if rows
-                 else sp.csr_matrix((0, self.dim), dtype=np.float32))
-            return X, rows, errors
-        X = np.stack([vectors[i] for i in rows]) if rows else np.zeros((0, self.dim), np.float32)
-        return np.ascontiguousarray(X, np.float32), rows, errors
+            return (sp.vstack(vecs).tocsr() if vecs
+                    else sp.csr_matrix((0, self.dim), dtype=np.float32))
+        if not vecs:
+            return np.zeros((0, self.dim), np.float32)
+        return np.ascontiguousarray(np.vstack(vecs), np.float32)
 
-    def search_vectors(
-        self, X: NDArray[np.float32], k: int, *, rerank: Sequence[str] | str | None = None
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Search the index with vectors; ``I`` holds catalog ids (-1 where fewer than k).
+    def search_vectors(self, X: Any, k: int, *, rerank: Sequence[str] | str | None = None
+                       ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Search with vectors; ``I`` holds catalog ids (-1 where fewer than k).
 
-        ``rerank`` may hold ``"qe"`` (query expansion); spatial verification needs the
-        query images, so it is only available through :meth:`search_many`/:meth:`search`.
+        ``k`` is capped to the number of indexed images before anything is allocated.
         """
+        from .search import search_with_qe
+
         self._check_built()
         steps = self._steps(rerank)
         if "sv" in steps:
             raise ValueError("spatial verification needs the query images: use search_many")
-        D, P = self._search_positions(X, k, steps)
-        return D, self._to_ids(P)
+        return search_with_qe(self, X, self._k(k), steps)
 
-    def _to_ids(self, P: NDArray[np.int64]) -> NDArray[np.int64]:
-        return np.where(P >= 0, self.ids_[np.clip(P, 0, None)], -1).astype(np.int64)
+    def _k(self, k: Any) -> int:
+        return max(1, min(check_k(k), max(len(self), 1)))
 
     def _steps(self, rerank: Sequence[str] | str | None) -> tuple[str, ...]:
         steps = self.rerank if rerank is None else parse_rerank(rerank)
@@ -912,44 +773,21 @@ class Retriever:
             )
         return steps
 
-    def _search_positions(
-        self, X: NDArray[np.float32], k: int, steps: Sequence[str]
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Index search (positions), with query expansion when ``"qe"`` is in ``steps``."""
-        assert self.index is not None
-        k = int(k)
-        if "qe" not in steps or self.qe_k == 0 or X.shape[0] == 0:
-            return self.index.search(X, k)
-        D1, P1 = self.index.search(X, self.qe_k)
-        return self.index.search(self._expand_queries(X, P1, D1), k)
+    def feature_store(self) -> Any:
+        """The stored key points of every segment, by catalog id (spatial verification)."""
+        if self._store is None:
+            self._check_built()
+            if not self.store_features:
+                raise ValueError("this retriever keeps no key points: build it with --rerank sv")
+            assert self.bundle_ is not None
+            self._store = self.bundle_.feature_store()
+        return self._store
 
-    def _expand_queries(self, X: Any, E: NDArray[np.int64], S: NDArray[np.float32]) -> Any:
-        """Query expansion: each query plus its results ``E`` (index positions, -1 = none)
-        weighted by their scores ``S`` (alpha-QE, Radenović et al. 2018; plain average when
-        ``qe_alpha`` is None, Chum et al. 2007), L2-normalised. Dense or sparse."""
-        if not self.sparse:
-            from .rerank.qe import alpha_query_expansion, average_query_expansion
-
-            xb = self._indexed_vectors()
-            if self.qe_alpha is None:
-                return average_query_expansion(X, xb, E, k=E.shape[1])
-            return alpha_query_expansion(X, xb, E, S, k=E.shape[1], alpha=self.qe_alpha,
-                                         metric=self.metric)
-        import scipy.sparse as sp
-        from sklearn.preprocessing import normalize
-
-        from .sparse import SparseIndex
-
-        assert isinstance(self.index, SparseIndex)
-        valid = E >= 0
-        sims = np.where(valid & np.isfinite(S), S, 0.0)
-        W = np.ones_like(sims) if self.qe_alpha is None else np.clip(sims, 0, None) ** self.qe_alpha
-        W = np.where(valid, W, 0.0)
-        xb = self.index._consolidate()
-        rows = np.repeat(np.arange(E.shape[0]), E.shape[1])
-        M = sp.csr_matrix((W.ravel(), (rows, np.clip(E, 0, None).ravel())),
-                          shape=(E.shape[0], xb.shape[0]))
-        return normalize(sp.csr_matrix(X) + M @ xb).astype(np.float32).tocsr()
+    def rows(self, ids: Sequence[int] | NDArray[np.int64]) -> Any:
+        """Stored vectors of catalog ids (only those rows are read)."""
+        self._check_built()
+        assert self.bundle_ is not None
+        return self.bundle_.rows(np.asarray(ids, np.int64))
 
     def search_many(
         self,
@@ -960,147 +798,12 @@ class Retriever:
         progress: bool | None = None,
         rerank: Sequence[str] | str | None = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[int]]:
-        """Search several query images; returns ``(D, I, failed)``.
+        """Search several query images; returns ``(D, I, failed)``: ``I`` holds catalog ids
+        (rows of failed queries are all -1); ``failed`` the positions of unreadable queries."""
+        from .search import search_images
 
-        ``I`` is ``(len(queries), k)`` catalog ids (rows of failed queries are all -1);
-        ``failed`` lists the positions of queries that could not be read. ``rerank``
-        (default: the retriever's ``rerank``) may hold ``"sv"`` and ``"qe"``.
-        """
         self._check_built()
-        steps = self._steps(rerank)
-        X, rows, errors, feats = self._embed_for(steps, queries, bboxes, progress)
-        k = int(k)
-        D = np.full((len(queries), k), np.nan, np.float32)
-        I = np.full((len(queries), k), -1, np.int64)  # noqa: E741 - Faiss's name
-        if rows:
-            boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
-            d, p = self._rerank_search(X, k, steps, [queries[r] for r in rows],
-                                       [boxes[r] for r in rows],
-                                       [feats[r] for r in rows] if feats else None)
-            D[rows], I[rows] = d, self._to_ids(p)
-        failed = [qi for qi, e in enumerate(errors) if e]
-        for qi in failed:
-            logger.warning("query skipped: %s", errors[qi])
-        return D, I, failed
-
-    def _embed_for(
-        self,
-        steps: Sequence[str],
-        queries: Sequence[Any],
-        bboxes: Sequence[BBox | None] | None,
-        progress: bool | None,
-    ) -> tuple[Any, list[int], list[str], list[Any]]:
-        """Query vectors; with spatial verification on the embedder's own key points, the
-        features are extracted once, here, and kept for the verification."""
-        if "sv" not in steps or not self._sv.own:
-            X, rows, errors = self.embed_queries(queries, bboxes, progress=progress)
-            return X, rows, errors, []
-        boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
-        if len(boxes) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
-        feats: list[Any] = [None] * len(queries)
-        errors = [""] * len(queries)
-        reduced: dict[int, Any] = {}
-        for qi, (q, bb) in enumerate(zip(queries, boxes, strict=True)):
-            try:
-                f, words = self._query_features(q, bb)
-                feats[qi] = (f, words)
-                reduced[qi] = words if words is not None else self.embedder.reduce(f)
-            except (ImageReadError, ValueError, OSError) as exc:
-                errors[qi] = str(exc)
-        rows = sorted(reduced)
-        if not rows:
-            X = np.zeros((0, self.dim), np.float32)
-        else:
-            X = self._encode([reduced[i] for i in rows])
-            if not self.sparse:
-                X = np.ascontiguousarray(X, np.float32)
-        return X, rows, errors, feats
-
-    def _rerank_search(
-        self,
-        X: NDArray[np.float32],
-        k: int,
-        steps: Sequence[str],
-        queries: Sequence[Any],
-        bboxes: Sequence[BBox | None],
-        query_features: Sequence[Any] | None = None,
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Search and re-rank; positions in the index."""
-        if "sv" not in steps:
-            return self._search_positions(X, k, steps)
-        assert self.index is not None
-        from .rerank.spatial import SpatialVerifier
-
-        k = int(k)
-        D, P = self.index.search(X, max(k, self.sv_top))
-        store = self._feature_store()
-        verifier = SpatialVerifier(top_n=self.sv_top, min_inliers=self.sv_min_inliers,
-                                   matcher=self._sv.mode)
-        pos_of = np.full(len(self.catalog), -1, np.int64)
-        pos_of[self.ids_] = np.arange(len(self.ids_))
-        verified: list[NDArray[np.int64]] = []
-        for j, (query, bbox) in enumerate(zip(queries, bboxes, strict=True)):
-            try:
-                if query_features is not None and query_features[j] is not None:
-                    feats, words = query_features[j]
-                else:
-                    feats, words = self._query_features(query, bbox)
-            except (ImageReadError, ValueError) as exc:  # the vector search still stands
-                logger.warning("no spatial verification for query %d: %s", j, exc)
-                verified.append(np.zeros(0, np.int64))
-                continue
-            ids = self._to_ids(P[j])
-            new_ids, inliers = verifier.rerank(feats, ids, store, query_words=words)
-            order_pos = np.where(new_ids >= 0, pos_of[np.clip(new_ids, 0, None)], -1)
-            score = dict(zip(P[j].tolist(), D[j].tolist(), strict=True))
-            P[j] = order_pos
-            D[j] = [score.get(int(p), np.nan) for p in order_pos]
-            verified.append(order_pos[inliers >= self.sv_min_inliers])
-        if "qe" not in steps or self.qe_k == 0:
-            return D[:, :k], P[:, :k]
-        return self._verified_expansion(X, k, D, P, verified)
-
-    def _verified_expansion(
-        self,
-        X: NDArray[np.float32],
-        k: int,
-        D: NDArray[np.float32],
-        P: NDArray[np.int64],
-        verified: Sequence[NDArray[np.int64]],
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Query expansion with the spatially verified results (Chum et al. 2007): the query
-        is expanded with its top ``qe_k`` verified images and searched again; the verified
-        images keep their places at the top, the new search fills the rest. Queries with no
-        verified result keep the verified ranking."""
-        assert self.index is not None
-        n = X.shape[0]
-        E = np.full((n, self.qe_k), -1, np.int64)
-        for j, v in enumerate(verified):
-            E[j, : min(self.qe_k, len(v))] = v[: self.qe_k]
-        has = (E >= 0).any(axis=1)
-        outD, outP = D[:, :k].copy(), P[:, :k].copy()
-        if not has.any():
-            return outD, outP
-        rows = np.flatnonzero(has)
-        score = [dict(zip(P[j].tolist(), D[j].tolist(), strict=True)) for j in rows]
-        S = np.array([[score[r].get(int(p), 0.0) for p in E[j]] for r, j in enumerate(rows)],
-                     np.float32).reshape(len(rows), E.shape[1])
-        Xq = self._expand_queries(X[rows], E[rows], S)
-        D2, P2 = self.index.search(Xq, k)
-        for r, j in enumerate(rows.tolist()):
-            head = [int(p) for p in verified[j]][:k]
-            seen = set(head)
-            tail = [(float(d), int(p)) for d, p in zip(D2[r], P2[r], strict=True)
-                    if p >= 0 and int(p) not in seen]
-            score_j = dict(zip(P[j].tolist(), D[j].tolist(), strict=True))
-            merged = [(score_j.get(p, np.nan), p) for p in head] + tail
-            merged = merged[:k]
-            outP[j] = -1
-            outD[j] = np.nan
-            outP[j, : len(merged)] = [p for _, p in merged]
-            outD[j, : len(merged)] = [d for d, _ in merged]
-        return outD, outP
+        return search_images(self, queries, self._k(k), bboxes, self._steps(rerank), progress)
 
     def search(
         self,
@@ -1117,143 +820,17 @@ class Retriever:
         ImageReadError
             When the query cannot be read.
         """
+        from .search import search_images
+
         self._check_built()
-        steps = self._steps(rerank)
-        X, rows, errors, feats = self._embed_for(steps, [query], [bbox], False)
-        if not rows:
-            raise ImageReadError(errors[0])
-        D, P = self._rerank_search(X, k, steps, [query], [bbox], feats or None)
-        I = self._to_ids(P)  # noqa: E741
-        paths = self.catalog.paths
-        return [
-            Hit(rank=r + 1, id=int(i), path=paths[i], score=float(d))
-            for r, (d, i) in enumerate(zip(D[0], I[0], strict=True))
-            if i >= 0
-        ]
+        D, I, failed = search_images(self, [query], self._k(k), [bbox], self._steps(rerank),  # noqa: E741
+                                     False, raise_errors=True)
+        paths = self.paths_of(I[0])
+        return [Hit(rank=r + 1, id=int(i), path=str(p), score=float(d))
+                for r, (d, i, p) in enumerate(zip(D[0], I[0], paths, strict=True)) if i >= 0]
 
-    def _check_built(self) -> None:
-        if self.index is None:
-            raise NotFittedError("this retriever is empty: build it (cvret index) before searching")
 
-    # --- persistence ------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the bundle folder atomically (a temporary sibling, then a rename)."""
-        self._check_built()
-        assert self.index is not None
-        target = Path(path)
-        if target.exists() and not (target / "manifest.json").is_file():
-            if not target.is_dir() or any(target.iterdir()):
-                raise BundleError(
-                    f"{target} exists and is not a cvretrieval bundle: choose another output path"
-                )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            self.embedder.save(tmp / "embedder")
-            if self.whitening_ is not None:
-                self.whitening_.save(tmp / "whitening")
-            if self.store_features and self._store_dir is not None:
-                shutil.copytree(self._store_dir, tmp / "features")
-            self.index.save(tmp)
-            np.save(tmp / "ids.npy", self.ids_)
-            self.catalog.save(tmp / "catalog.sqlite")
-            (tmp / "manifest.json").write_text(json.dumps(self._manifest(), indent=2))
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
-
-    def _manifest(self) -> dict[str, Any]:
-        import cv2
-        import faiss
-
-        assert self.index is not None
-        return {
-            "format": "cvretrieval-bundle",
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": {
-                "cvretrieval": __version__,
-                "numpy": np.__version__,
-                "faiss": getattr(faiss, "__version__", "?"),
-                "opencv": cv2.__version__,
-            },
-            "embedder": {**self.embedder.spec(), "dim": self.embedder.dim},
-            "index": self.index.config(),
-            "metric": self.metric,
-            "max_side": self.max_side,
-            "random_state": self.random_state,
-            "options": self._options(),
-            "counts": {
-                "images": len(self.catalog),
-                "indexed": len(self),
-                "failed": len(self.catalog.failed()),
-            },
-        }
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, n_jobs: int = -1) -> Retriever:
-        """Open a bundle folder and check that its parts agree."""
-        root = Path(path)
-        manifest = read_bundle_manifest(root)
-        embedder = load_embedder(root / "embedder")
-        if manifest.get("index", {}).get("type") == "sparse-inverted-file":
-            from .sparse import SparseIndex
-
-            index: Any = SparseIndex.load(root)
-        else:
-            index = Index.load(root)
-        try:
-            ids = np.load(root / "ids.npy", allow_pickle=False).astype(np.int64)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{root / 'ids.npy'} cannot be read ({exc})") from None
-        catalog = Catalog.load(root / "catalog.sqlite")
-        if index.ntotal != len(ids):
-            raise BundleError(
-                f"{root}: the index holds {index.ntotal} vectors but ids.npy {len(ids)}"
-            )
-        options = manifest.get("options", {})
-        whitening = None
-        if options.get("pca_whiten"):
-            from .whitening import PCAWhitening
-
-            try:
-                whitening = PCAWhitening.load(root / "whitening")
-            except (OSError, ValueError) as exc:
-                raise BundleError(f"{root / 'whitening'} cannot be read ({exc})") from None
-        dim = int(whitening.n_components_) if whitening is not None else embedder.dim
-        if index.d != dim:
-            raise BundleError(f"{root}: the index has dimension {index.d}, the embedder {dim}")
-        n_ok = sum(1 for e in catalog if e.status == "ok")
-        if n_ok != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= len(catalog))):
-            raise BundleError(
-                f"{root}: the catalog ({n_ok} indexed images) and the index ({len(ids)}) disagree"
-            )
-        ret = cls(
-            embedder,
-            index=("sparse" if manifest.get("index", {}).get("type") == "sparse-inverted-file"
-                   else manifest.get("index", {}).get("spec", "flat")),
-            metric=manifest.get("metric", "ip"),
-            max_side=manifest.get("max_side", 640),
-            n_jobs=n_jobs,
-            random_state=manifest.get("random_state", 0),
-            **{key: options[key] for key in ("pca_whiten", "whiten_shrinkage", "dba", "rerank",
-                                             "qe_k", "qe_alpha", "store_features", "sv_detector",
-                                             "sv_top", "sv_min_inliers") if key in options},
-        )
-        ret.index, ret.ids_, ret.catalog = index, ids, catalog
-        ret.whitening_ = whitening
-        if ret.store_features:
-            if not (root / "features" / "featurestore.json").is_file():
-                raise BundleError(f"{root}: the manifest says key points are stored but "
-                                  "features/ is missing or incomplete: rebuild the bundle")
-            ret._store_dir = root / "features"
-        return ret
+def _is_zero(v: Any) -> bool:
+    if hasattr(v, "nnz"):
+        return v.nnz == 0
+    return not np.any(np.asarray(v))

@@ -79,6 +79,12 @@ class Output:
             Path(self.json_path).write_text(payload + "\n")
 
 
+scheduler_option = click.option(
+    "--scheduler", default=None, envvar="CVRET_SCHEDULER", metavar="ADDRESS",
+    help="Run the workers on Dask: 'local' (a LocalCluster) or tcp://host:8786 (a running "
+         "dask scheduler; env CVRET_SCHEDULER). Default: joblib processes here.")
+
+
 def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options that choose and configure an embedder and an index (index, eval, demo)."""
     options = [
@@ -96,12 +102,16 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="Use a vocabulary built by `cvret vocab build`."),
         click.option("--index", "index_spec", default="flat", show_default=True,
-                     help="flat, ivf, lsh, pq, hnsw or any Faiss factory string."),
+                     help="flat, ivf, lsh, pq, hnsw, auto (by --max-memory), sparse (BoVW "
+                          "inverted file) or any Faiss factory string."),
+        click.option("--max-memory", default=None, metavar="SIZE",
+                     help="Memory budget of --index auto, e.g. 4G or 500M."),
         click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True),
         click.option("--max-side", type=click.IntRange(16), default=640, show_default=True,
                      help="Downscale images so their long side is at most this."),
         click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS",
                      help="Worker processes (-1 = all cores)."),
+        scheduler_option,
         click.option("--random-state", type=int, default=0, show_default=True),
         click.option("--pca-whiten", type=click.IntRange(1), default=None, metavar="D",
                      help="Learn a PCA-whitening on the indexed images, keep D dimensions."),

@@ -1,0 +1,201 @@
+"""Writing a bundle's content: streamed segments, index shards, compaction.
+
+Functions only; :class:`cvretrieval.retriever.Retriever` composes them with the pipeline
+inside a :class:`~cvretrieval.bundle.BundleWriter`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .catalog import Catalog, CatalogEntry
+from .segments import Segment, SegmentWriter
+
+logger = logging.getLogger(__name__)
+
+#: images per segment while streaming (bounds the memory of one segment's sparse rows)
+SEGMENT_SIZE = 50_000
+#: vectors sampled from the segments to train an IVF/PQ index
+TRAIN_SAMPLE = 200_000
+
+
+def entry_for(item: Any, path: str, id_: int, segment: int | None,
+              no_features: bool = False) -> CatalogEntry:
+    """The catalog row of one pipeline item."""
+    if item.error is not None:
+        return CatalogEntry(id=id_, path=path, status="failed", error=item.error)
+    h, w = (item.shape or (None, None))[:2]
+    status = "nofeatures" if no_features else "ok"
+    return CatalogEntry(id=id_, path=path, sha1=item.sha1, n_bytes=item.n_bytes, width=w,
+                        height=h, status=status, segment=segment,
+                        error="no features found in the image" if no_features else None)
+
+
+def write_segments(
+    new_segment: Callable[[], tuple[int, SegmentWriter]],
+    catalog: Catalog,
+    items: Iterable[Any],
+    paths: Sequence[str],
+    first_id: int,
+    *,
+    store: Callable[[Path], Any] | None = None,
+    has_features: Callable[[Any], bool] | None = None,
+    segment_size: int = SEGMENT_SIZE,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Stream pipeline ``items`` (in input order) into new segments and catalog rows.
+
+    ``items[j]`` is the image ``paths[j]`` and gets catalog id ``first_id + j``.
+    ``store(features_dir)`` opens a key-point store writer for each segment (spatial
+    verification). Returns the manifest records of the segments and the failures.
+    """
+    records: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    writer: SegmentWriter | None = None
+    kp_writer: Any = None
+    number = -1
+    pending: list[CatalogEntry] = []
+
+    def close() -> None:
+        nonlocal writer, kp_writer
+        if writer is None:
+            return
+        writer.close()
+        if kp_writer is not None:
+            kp_writer.close()
+        catalog.insert(pending)
+        pending.clear()
+        records.append({"number": number, "n": writer.n, "first_id": max(writer.first_id, 0),
+                        "last_id": writer.last_id})
+        writer, kp_writer = None, None
+
+    for j, item in enumerate(items):
+        cid = first_id + j
+        path = paths[j]
+        if item.position != j:
+            raise RuntimeError(f"pipeline item {item.position} arrived at position {j}")
+        no_feats = (item.error is None and has_features is not None
+                    and not has_features(item.value))
+        if item.error is not None or no_feats:
+            if item.error is not None:
+                failures.append({"path": path, "error": item.error})
+            pending.append(entry_for(item, path, cid, None, no_feats))
+            if len(pending) >= 10_000 and writer is None:
+                catalog.insert(pending)
+                pending.clear()
+            continue
+        if writer is None:
+            number, writer = new_segment()
+            kp_writer = store(writer.directory / "features") if store is not None else None
+        writer.append(np.array([cid], np.int64), _as_row(item.value, writer.sparse))
+        if kp_writer is not None:
+            kp_writer.append(item.keypoints, words=item.words)
+        item.value = item.keypoints = item.words = None
+        pending.append(entry_for(item, path, cid, number))
+        if writer.n >= segment_size:
+            close()
+    close()
+    catalog.insert(pending)
+    return records, failures
+
+
+def _as_row(value: Any, sparse: bool) -> Any:
+    if sparse:
+        return value
+    return np.asarray(value, np.float32).reshape(1, -1)
+
+
+def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) -> Any:
+    """Up to ``n`` rows drawn at random from the segments (for index training)."""
+    total = sum(s.n for s in segments)
+    if total == 0:
+        return None
+    rng = np.random.default_rng(random_state)
+    take = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    parts, start = [], 0
+    for s in segments:
+        mine = take[(take >= start) & (take < start + s.n)] - start
+        if len(mine):
+            rows = s.rows()[mine]
+            parts.append(rows if s.sparse else np.ascontiguousarray(rows))
+        start += s.n
+    if segments[0].sparse:
+        import scipy.sparse as sp
+
+        return sp.vstack(parts).tocsr()
+    return np.concatenate(parts)
+
+
+def exact_knn(segments: Sequence[Segment], X: NDArray[np.float32], k: int,
+              metric: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Exact k nearest stored vectors of ``X`` over every segment, block by block
+    (faiss-contrib style); ``I`` holds catalog ids."""
+    import faiss
+
+    n = X.shape[0]
+    sign = 1.0 if metric == "ip" else -1.0
+    bestD = np.full((n, 0), -np.inf, np.float32)
+    bestI = np.zeros((n, 0), np.int64)
+    for s in segments:
+        for ids, rows in s.iter_blocks():
+            kk = min(k, len(ids))
+            if metric == "ip":
+                D, P = faiss.knn(X, rows, kk, metric=faiss.METRIC_INNER_PRODUCT)
+            else:
+                D, P = faiss.knn(X, rows, kk)
+            D = sign * D
+            candD = np.concatenate([bestD, D], axis=1)
+            candI = np.concatenate([bestI, ids[P]], axis=1)
+            order = np.argsort(-candD, axis=1, kind="stable")[:, :k]
+            bestD = np.take_along_axis(candD, order, 1)
+            bestI = np.take_along_axis(candI, order, 1)
+    return sign * bestD, bestI
+
+
+def augment(segments: Sequence[Segment], rows_of: Callable[[NDArray[np.int64]], Any],
+            X: NDArray[np.float32], k: int, metric: str) -> NDArray[np.float32]:
+    """Database-side augmentation of the block ``X`` (already stored in ``segments``):
+    each vector averaged with its ``k`` nearest stored vectors. The neighbours of the
+    block are fetched, then DBA runs on the block plus them, which holds every
+    vector's true nearest neighbours."""
+    from ..rerank.qe import database_augmentation
+
+    _, I = exact_knn(segments, X, k + 1, metric)  # noqa: E741
+    others = np.unique(I[I >= 0])
+    both = np.concatenate([X, np.asarray(rows_of(others), np.float32)])
+    return database_augmentation(both, k=k, metric=metric)[: len(X)]
+
+
+def build_shards(
+    segments: Sequence[Segment],
+    template: Any,
+    *,
+    transform: Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None,
+    only: set[int] | None = None,
+) -> None:
+    """Write each segment's index shard (``index.bin``): an empty copy of the trained
+    ``template`` filled block by block; ``transform`` (DBA) maps each block first."""
+    for s in segments:
+        if only is not None and s.number not in only:
+            continue
+        shard = template.empty_copy()
+        for ids, rows in s.iter_blocks():
+            shard.add_with_ids(transform(rows) if transform is not None else rows, ids)
+        shard.save(s.shard_path)
+
+
+def iter_live_blocks(segments: Sequence[Segment], removed: NDArray[np.int64],
+                     block: int = 65536) -> Iterator[tuple[int, NDArray[np.int64], Any]]:
+    """``(segment index, ids, rows)`` of every stored vector not removed."""
+    for si, s in enumerate(segments):
+        for ids, rows in s.iter_blocks(block):
+            keep = ~np.isin(ids, removed)
+            if keep.all():
+                yield si, ids, rows
+            elif keep.any():
+                yield si, ids[keep], rows[np.flatnonzero(keep)]

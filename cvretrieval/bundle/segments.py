@@ -1,0 +1,159 @@
+"""Immutable segments of a bundle: the vectors (or sparse rows) and ids of one batch of
+images, the index shard built from them, and optionally their key points.
+
+A segment folder is written once, then named by a committed manifest; it is never
+changed afterwards (a removal is a catalog status; compaction writes a new segment).
+
+```
+segments/000007/
+  ids.npy        (n,) int64, increasing catalog ids
+  vectors.npy    (n, d) float32 (dense embedders), or
+  rows.npz       CSR rows (data, indices, indptr, shape) of sparse embedders
+  index.bin      the index shard over these rows (written after training)
+  features/      key points for spatial verification (a FeatureStore), optional
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._npyfile import GrowingNpy
+from ..errors import BundleError
+
+IDS_FILE, VECTORS_FILE, ROWS_FILE, SHARD_FILE, FEATURES_DIR = (
+    "ids.npy", "vectors.npy", "rows.npz", "index.bin", "features")
+
+
+def segment_name(number: int) -> str:
+    """``7 -> "segments/000007"``."""
+    return f"segments/{int(number):06d}"
+
+
+class SegmentWriter:
+    """Append rows (dense float32 or sparse CSR) and their ids to a new segment folder."""
+
+    def __init__(self, directory: Path, *, sparse: bool, dim: int) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=False)
+        self.sparse = sparse
+        self.dim = int(dim)
+        self._ids = GrowingNpy(self.directory / IDS_FILE, np.dtype(np.int64), ())
+        self._vectors = None if sparse else GrowingNpy(
+            self.directory / VECTORS_FILE, np.dtype(np.float32), (self.dim,))
+        self._rows: list[Any] = []
+        self.n = 0
+        self.first_id = -1
+        self.last_id = -1
+
+    def append(self, ids: NDArray[np.int64], rows: Any) -> None:
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return
+        if ids[0] <= self.last_id or np.any(np.diff(ids) <= 0):
+            raise ValueError("segment ids must increase")
+        if self.sparse:
+            self._rows.append(rows.tocsr().astype(np.float32))
+        else:
+            assert self._vectors is not None
+            self._vectors.write(np.asarray(rows, np.float32).reshape(len(ids), self.dim))
+        self._ids.write(ids)
+        if self.n == 0:
+            self.first_id = int(ids[0])
+        self.n += len(ids)
+        self.last_id = int(ids[-1])
+
+    def close(self) -> None:
+        self._ids.finish()
+        if self._vectors is not None:
+            self._vectors.finish()
+        if self.sparse:
+            import scipy.sparse as sp
+
+            rows = (sp.vstack(self._rows).tocsr() if self._rows
+                    else sp.csr_matrix((0, self.dim), dtype=np.float32))
+            sp.save_npz(self.directory / ROWS_FILE, rows, compressed=False)
+            self._rows = []
+
+
+class Segment:
+    """A committed segment, read lazily (memory-mapped vectors)."""
+
+    def __init__(self, directory: Path, *, number: int, n: int, sparse: bool, dim: int) -> None:
+        self.directory = Path(directory)
+        self.number = int(number)
+        self.n = int(n)
+        self.sparse = sparse
+        self.dim = int(dim)
+        self._ids: NDArray[np.int64] | None = None
+        self._rows: Any = None
+
+    def _fail(self, name: str, why: str) -> BundleError:
+        return BundleError(f"{self.directory / name} {why}: the bundle is damaged; rebuild it "
+                           "with `cvret index` (or restore it from a copy)")
+
+    @property
+    def ids(self) -> NDArray[np.int64]:
+        if self._ids is None:
+            try:
+                ids = np.load(self.directory / IDS_FILE, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise self._fail(IDS_FILE, f"cannot be read ({exc})") from None
+            if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != self.n:
+                raise self._fail(IDS_FILE, f"holds {ids.dtype} {ids.shape}, expected int64 "
+                                 f"({self.n},)")
+            self._ids = np.asarray(ids)
+        return self._ids
+
+    def rows(self) -> Any:
+        """All rows: a memory-mapped (n, d) float32 array, or a CSR matrix."""
+        if self._rows is None:
+            if self.sparse:
+                import scipy.sparse as sp
+
+                try:
+                    rows = sp.load_npz(self.directory / ROWS_FILE).tocsr()
+                except (OSError, ValueError, KeyError) as exc:
+                    raise self._fail(ROWS_FILE, f"cannot be read ({exc})") from None
+            else:
+                try:
+                    rows = np.load(self.directory / VECTORS_FILE, mmap_mode="r",
+                                   allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise self._fail(VECTORS_FILE, f"cannot be read ({exc})") from None
+                if rows.dtype != np.float32:
+                    raise self._fail(VECTORS_FILE, f"holds {rows.dtype}, expected float32")
+            if rows.shape != (self.n, self.dim):
+                raise self._fail(ROWS_FILE if self.sparse else VECTORS_FILE,
+                                 f"has shape {rows.shape}, expected {(self.n, self.dim)}")
+            self._rows = rows
+        return self._rows
+
+    def positions(self, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Row positions of ``ids`` in this segment (-1 where absent)."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.clip(pos, 0, max(self.n - 1, 0))
+        ok = (self.n > 0) & (self.ids[pos] == ids) if self.n else np.zeros(len(ids), bool)
+        return np.where(ok, pos, -1)
+
+    @property
+    def shard_path(self) -> Path:
+        return self.directory / SHARD_FILE
+
+    @property
+    def features_dir(self) -> Path:
+        return self.directory / FEATURES_DIR
+
+    def iter_blocks(self, block: int = 65536) -> Any:
+        """``(ids, rows)`` blocks of at most ``block`` rows (bounded memory)."""
+        rows = self.rows()
+        for start in range(0, self.n, block):
+            stop = min(start + block, self.n)
+            chunk = rows[start:stop]
+            yield np.asarray(self.ids[start:stop]), (chunk if self.sparse
+                                                     else np.ascontiguousarray(chunk))

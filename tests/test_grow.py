@@ -1,0 +1,243 @@
+"""A bundle that grows in place: add, remove, compact; kill -9 at any moment; two writers;
+the same results as a bundle built at once; Dask equals joblib; memory flat in N."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvretrieval.retriever import Retriever
+
+from conftest import cli_run, textured_image
+
+
+def _write_images(folder: Path, seeds, size=(96, 128)) -> list[Path]:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in seeds:
+        p = folder / f"img{s:04d}.png"
+        cv2.imwrite(str(p), textured_image(int(s), size)[:, :, ::-1])
+        paths.append(p)
+    return paths
+
+
+def _results(ret: Retriever, queries, k=5) -> list[list[str]]:
+    D, I, _ = ret.search_many(queries, k)  # noqa: E741
+    return [[str(p) for p in ret.paths_of(row) if p is not None] for row in I]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    return _write_images(tmp_path_factory.mktemp("photos"), range(40))
+
+
+def test_grown_bundle_equals_bundle_built_at_once(photos, tmp_path):
+    once = Retriever("hog", n_jobs=1).build(photos[:30], output=tmp_path / "once")
+    once.remove([photos[3], photos[17]])
+    grown = Retriever("hog", n_jobs=1).build(photos[:10], output=tmp_path / "grown")
+    grown.add(photos[10:20])
+    grown.add(photos[20:30])
+    grown.remove([photos[3], photos[17]])
+    assert len(grown) == len(once) == 28
+    assert len(grown.bundle_.segments) == 3
+    queries = photos[:30:3] + photos[30:33]
+    assert _results(grown, queries) == _results(once, queries)
+    for res in _results(grown, queries, k=30):
+        assert str(photos[3].resolve()) not in res and str(photos[17].resolve()) not in res
+    grown.compact()
+    assert len(grown.bundle_.segments) == 1
+    assert _results(grown, queries) == _results(once, queries)
+    again = Retriever.load(tmp_path / "grown")
+    assert _results(again, queries) == _results(once, queries)
+
+
+def test_add_writes_only_new_segments(photos, tmp_path):
+    ret = Retriever("hog", n_jobs=1).build(photos[:20], output=tmp_path / "b")
+    seg1 = tmp_path / "b" / "segments" / "000001"
+    before = {p: p.stat().st_mtime_ns for p in seg1.rglob("*") if p.is_file()}
+    ret.add(photos[20:25])
+    assert {p: p.stat().st_mtime_ns for p in seg1.rglob("*") if p.is_file()} == before
+    assert ret.last_run_["indexed"] == 5 and len(ret) == 25
+    ret.add(photos[20:25])  # already there: skipped and counted
+    assert ret.last_run_["duplicates"] == 5 and len(ret) == 25
+
+
+def test_removed_images_can_be_added_back(photos, tmp_path):
+    ret = Retriever("hog", n_jobs=1).build(photos[:8], output=tmp_path / "b")
+    assert ret.remove([photos[2]])["removed"] == 1
+    assert photos[2].resolve().as_posix() not in sum(_results(ret, photos[:8], k=8), [])
+    ret.add([photos[2]])
+    assert _results(ret, [photos[2]], k=1) == [[str(photos[2].resolve())]]
+
+
+def test_remove_missing_files(tmp_path):
+    paths = _write_images(tmp_path / "p", range(6))
+    ret = Retriever("hog", n_jobs=1).build(paths, output=tmp_path / "b")
+    paths[1].unlink()
+    run = ret.remove(missing=True)
+    assert run["removed"] == 1 and len(ret) == 5
+
+
+def test_cli_add_remove_compact_and_conflicting_options(photos, tmp_path):
+    b = tmp_path / "b.cvret"
+    folder = photos[0].parent
+    cli_run("index", folder, "-o", b, "--features", "hog", "--n-jobs", "1", "-q")
+    r = cli_run("index", folder, "-o", b, "--add", "--features", "bovw", "--words", "32",
+                ok=False)
+    assert r.exit_code == 2 and "--features" in r.output and "--words" in r.output
+    r = cli_run("remove", b, photos[0], photos[1], "--json", "-")
+    assert json.loads(r.stdout)["removed"] == 2
+    r = cli_run("compact", b, "--json", "-")
+    assert json.loads(r.stdout)["removed_dropped"] == 2
+    r = cli_run("search", b, photos[0], "-k", "100000000000", "--json", "-")
+    hits = json.loads(r.stdout)
+    assert len(hits) == 38 and photos[0].name not in {Path(h["path"]).name for h in hits}
+
+
+def test_search_k_is_capped_and_checked(photos, tmp_path):
+    ret = Retriever("hog", n_jobs=1).build(photos[:5], output=tmp_path / "b")
+    assert len(ret.search(photos[0], k=10**12)) == 5
+    with pytest.raises(ValueError, match="positive integer"):
+        ret.search(photos[0], k=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        ret.search(photos[0], k=1e30)
+
+
+_ADD_SCRIPT = textwrap.dedent("""
+    import sys
+    from cvretrieval.retriever import Retriever
+    ret = Retriever.load(sys.argv[1], n_jobs=1)
+    ret.add(sys.argv[2:])
+""")
+
+
+def _run_add(bundle, paths) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _ADD_SCRIPT, str(bundle), *map(str, paths)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_concurrent_adds_lose_no_image(photos, tmp_path):
+    b = tmp_path / "b"
+    Retriever("hog", n_jobs=1).build(photos[:10], output=b)
+    p1 = _run_add(b, photos[10:25])
+    p2 = _run_add(b, photos[25:40])
+    for p in (p1, p2):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    ret = Retriever.load(b)
+    assert len(ret) == 40
+    assert {str(p) for p in ret.paths} == {str(p.resolve()) for p in photos}
+
+
+@pytest.mark.parametrize("operation", ["add", "remove", "compact"])
+def test_kill_9_leaves_old_or_new_content(photos, tmp_path, operation):
+    b = tmp_path / "b"
+    base = Retriever("hog", n_jobs=1).build(photos[:12], output=b)
+    old = _results(base, photos[:4])
+    script = {
+        "add": _ADD_SCRIPT,
+        "remove": "import sys\nfrom cvretrieval.retriever import Retriever\n"
+                  "Retriever.load(sys.argv[1]).remove(sys.argv[2:])\n",
+        "compact": "import sys\nfrom cvretrieval.retriever import Retriever\n"
+                   "Retriever.load(sys.argv[1]).compact(retrain=True)\n",
+    }[operation]
+    args = {"add": photos[12:30], "remove": photos[5:8], "compact": []}[operation]
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-c", script, str(b), *map(str, args)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(0.3, 2.5)))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        ret = Retriever.load(b)  # loads with the old or the new content
+        n = len(ret)
+        outcomes.add(n)
+        assert n in {12, 12 + 18, 12 - 3} and n > 0
+        res = _results(ret, photos[:4])
+        if operation == "compact" or n == 12:
+            assert res == old
+        if operation == "add" and n == 30:  # done: the next loop must not add again
+            break
+        if operation == "remove" and n == 9:
+            break
+    with_writer = Retriever.load(b)
+    with_writer.add([photos[39]])  # a writer cleans whatever a killed one left
+    names = {p.name for p in (b / "segments").iterdir()}
+    committed = {f"{s['number']:06d}" for s in json.loads((b / "manifest.json").read_text())
+                 ["segments"]}
+    assert names == committed
+    assert not [p for p in b.iterdir() if p.name.startswith(".manifest")]
+
+
+def test_pipeline_memory_does_not_grow_with_images(tmp_path):
+    """A cheap embedder over many tiny images: the main process's peak memory is flat."""
+    import cv2
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4000):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), rng.integers(0, 255, (16, 16, 3), np.uint8))
+    code = textwrap.dedent("""
+        import sys, resource
+        from pathlib import Path
+        from cvretrieval.bundle import BundleWriter, Catalog
+        from cvretrieval.bundle.build import write_segments
+        from cvretrieval.embedders.classical import HOGEmbedder
+        from cvretrieval.io import list_images
+        from cvretrieval.pipeline import Job, Pipeline
+        paths = list_images(sys.argv[1])[: int(sys.argv[2])]
+        emb = HOGEmbedder(size=64)  # 1,764-d: 7 KB an image if anything kept them
+        root = Path(sys.argv[3])
+        with BundleWriter(root) as w, Catalog(root / "c.sqlite", 0, write=True) as cat:
+            items = (Pipeline(n_jobs=1).map(Job(emb, "encode", 16), [
+                (i, str(p), None) for i, p in enumerate(paths)])
+            write_segments(lambda: w.new_segment(sparse=False, dim=emb.dim), cat, items,
+                           [str(p) for p in paths], 0, segment_size=1000)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    peaks = {}
+    for n in (400, 4000):
+        out = subprocess.run([sys.executable, "-c", code, str(folder), str(n),
+                              str(tmp_path / f"b{n}")], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        peaks[n] = int(out.stdout.split()[-1])
+    assert peaks[4000] - peaks[400] < 8_000, peaks  # KiB
+
+
+def test_dask_local_cluster_bundle_equals_joblib(photos, tmp_path):
+    pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is absent")
+    a = Retriever("hog", n_jobs=2).build(photos[:16], output=tmp_path / "a")
+    b = Retriever("hog", scheduler="local").build(photos[:16], output=tmp_path / "b")
+    np.testing.assert_array_equal(a.rows(range(16)), b.rows(range(16)))
+    assert _results(a, photos[:16]) == _results(b, photos[:16])
+
+
+def test_dask_remote_scheduler_with_two_workers(photos, tmp_path):
+    distributed = pytest.importorskip("distributed",
+                                      reason="the dist extra (dask.distributed) is absent")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    try:
+        r = cli_run("index", photos[0].parent, "-o", tmp_path / "d", "--features", "hog",
+                    "--scheduler", cluster.scheduler_address, "-q", "--json", "-")
+        assert json.loads(r.stdout)["indexed"] == 40
+    finally:
+        cluster.close()
+    a = Retriever("hog", n_jobs=1).build(photos, output=tmp_path / "a")
+    d = Retriever.load(tmp_path / "d")
+    assert _results(a, photos[:6]) == _results(d, photos[:6])
+    assert os.environ.get("CVRET_SCHEDULER") is None
