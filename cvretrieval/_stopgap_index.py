@@ -88,15 +88,17 @@ class StopgapIndex:
         return False
 
     def save(self, path):
-        faiss.write_index(self.index, str(path))
-        Path(str(path) + ".json").write_text(json.dumps(self.config()))
+        with open(path, "wb") as f:
+            np.savez(f, index=faiss.serialize_index(self.index),
+                     cfg=np.frombuffer(json.dumps(self.config()).encode(), np.uint8))
 
     @classmethod
     def load(cls, path):
-        cfg = json.loads(Path(str(path) + ".json").read_text())
+        z = np.load(path)
+        cfg = json.loads(z["cfg"].tobytes().decode())
         new = cls(cfg["spec"], cfg["metric"])
         new.factory = cfg["factory"]
-        new.index = faiss.read_index(str(path))
+        new.index = faiss.deserialize_index(z["index"])
         return new
 
 

@@ -11,6 +11,7 @@ asks the index (:mod:`cvretrieval.index`) for the top k and re-ranks them
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ from numpy.typing import NDArray
 from . import __version__
 from .bundle import Bundle, BundleWriter, folder_checksums, read_manifest
 from .bundle import build as bb
+from .bundle.segments import segment_name
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, ImageReadError, NotFittedError
 from .io import list_images
@@ -200,8 +202,13 @@ class Retriever:
         return self.index_spec == "sparse"
 
     @property
-    def _sv(self) -> SVFeatures:
+    def sv_features(self) -> SVFeatures:
+        """Which key points are kept for spatial verification, and how to extract them."""
         return SVFeatures.for_embedder(self.embedder, self.sv_detector)
+
+    def finish_vectors(self, reduced: Sequence[Any]) -> Any:
+        """Query/database vectors (stacked) of reduced per-image results."""
+        return self._stack(self._job("encode").finish(list(reduced)))
 
     @property
     def is_built(self) -> bool:
@@ -302,8 +309,9 @@ class Retriever:
     def _new_index(self) -> Any:
         if self.sparse:
             return self._index_class()(self.embedder.dim)
-        return self._index_class()(self.index_spec, self.metric, nprobe=self.nprobe, ef_search=self.ef_search,
-                     random_state=self.random_state, max_memory=self.max_memory)
+        return self._index_class()(self.index_spec, self.metric, nprobe=self.nprobe,
+                                   ef_search=self.ef_search, random_state=self.random_state,
+                                   max_memory=self.max_memory)
 
     @staticmethod
     def _as_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -628,18 +636,24 @@ class Retriever:
         target = Path(path)
         if target.resolve() == root.resolve():
             return target
+        src = self.bundle_.manifest  # type: ignore[union-attr]
         with BundleWriter(target, timeout=self.lock_timeout) as w:
-            manifest = dict(self.bundle_.manifest)  # type: ignore[union-attr]
-            for key in [manifest["embedder"]["dir"], manifest["index"]["template"],
-                        *([manifest["options"]["whitening"]]
-                          if manifest["options"].get("whitening") else [])]:
-                src = root / key
-                (shutil.copytree if src.is_dir() else shutil.copy2)(src, target / key)
-            self.catalog.copy_to(target / manifest["catalog"])
-            for s in manifest["segments"]:
-                name = f"segments/{s['number']:06d}"
-                shutil.copytree(root / name, target / name)
-            w.commit(manifest)
+            m = json.loads(json.dumps(src))
+            m["embedder"]["dir"] = w.new_name("embedder")
+            shutil.copytree(root / src["embedder"]["dir"], target / m["embedder"]["dir"])
+            m["index"]["template"] = w.new_name("index", ".bin")
+            shutil.copy2(root / src["index"]["template"], target / m["index"]["template"])
+            if src["options"].get("whitening"):
+                m["options"]["whitening"] = w.new_name("whitening")
+                shutil.copytree(root / src["options"]["whitening"],
+                                target / m["options"]["whitening"])
+            m["catalog"] = w.new_name("catalog", ".sqlite")
+            self.catalog.copy_to(target / m["catalog"])
+            for seg in m["segments"]:
+                old = root / segment_name(seg["number"])
+                seg["number"] = w.new_segment_number()
+                shutil.copytree(old, target / segment_name(seg["number"]))
+            w.commit(m)
         return target
 
     @classmethod

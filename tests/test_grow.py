@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_run, textured_image
 
 from cvretrieval.retriever import Retriever
-
-from conftest import cli_run, textured_image
 
 
 def _write_images(folder: Path, seeds, size=(96, 128)) -> list[Path]:
@@ -202,7 +201,7 @@ def test_pipeline_memory_does_not_grow_with_images(tmp_path):
         emb = HOGEmbedder(size=64)  # 1,764-d: 7 KB an image if anything kept them
         root = Path(sys.argv[3])
         with BundleWriter(root) as w, Catalog(root / "c.sqlite", 0, write=True) as cat:
-            items = (Pipeline(n_jobs=1).map(Job(emb, "encode", 16), [
+            items = Pipeline(n_jobs=1).map(Job(emb, "encode", 16), [
                 (i, str(p), None) for i, p in enumerate(paths)])
             write_segments(lambda: w.new_segment(sparse=False, dim=emb.dim), cat, items,
                            [str(p) for p in paths], 0, segment_size=1000)

@@ -87,13 +87,15 @@ def test_bad_files_are_skipped_counted_and_cataloged(gallery, tmp_path):
     assert sorted(f["path"].rsplit("/", 1)[1] for f in run["failed"]) == [
         "broken.jpg", "empty.png", "truncated.png"]
     bundle = ret.save(tmp_path / "b.cvret")
-    con = sqlite3.connect(bundle / "catalog.sqlite")
+    catalog = json.loads((bundle / "manifest.json").read_text())["catalog"]
+    con = sqlite3.connect(bundle / catalog)
     rows = con.execute("SELECT path, status, error FROM images WHERE status != 'ok'").fetchall()
+    ok = {r[0] for r in con.execute("SELECT id FROM images WHERE status = 'ok'").fetchall()}
     con.close()
     assert len(rows) == 3 and all(r[2] for r in rows)
     # failed images never come back from a search
     D, ids, failed = ret.search_many([gallery / "img01.png"], k=20)
-    assert failed == [] and set(ids[0][ids[0] >= 0]) <= set(ret.ids_.tolist())
+    assert failed == [] and set(ids[0][ids[0] >= 0].tolist()) <= ok
 
 
 def test_all_images_unreadable_is_a_clear_error(tmp_path):
@@ -133,7 +135,8 @@ def test_save_load_gives_identical_results(orb_retriever, tmp_path, index, make_
     np.testing.assert_array_equal(I1, I2)
     np.testing.assert_array_equal(D1, D2)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["counts"] == {"images": 12, "indexed": 12, "failed": 0}
+    assert {k: manifest["counts"][k] for k in ("images", "ok", "failed", "vectors")} == {
+        "images": 12, "ok": 12, "failed": 0, "vectors": 12}
     assert manifest["embedder"]["name"] == "bovw"
 
 
@@ -168,7 +171,8 @@ def test_save_over_an_existing_bundle_replaces_it(orb_retriever, tmp_path):
     ret.save(tmp_path / "b")
     ret.save(tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
-    assert Retriever.load(tmp_path / "b").ids_.tolist() == ret.ids_.tolist()
+    back = Retriever.load(tmp_path / "b")
+    assert back.paths == ret.paths and len(back) == len(ret)
 
 
 def test_load_detects_inconsistent_bundles(orb_retriever, tmp_path):
@@ -179,9 +183,9 @@ def test_load_detects_inconsistent_bundles(orb_retriever, tmp_path):
     with pytest.raises(BundleError, match="no manifest.json"):
         Retriever.load(tmp_path / "empty")
     b = ret.save(tmp_path / "b")
-    np.save(b / "ids.npy", np.arange(3))
-    with pytest.raises(BundleError, match="12 vectors but ids.npy 3"):
-        Retriever.load(b)
+    np.save(b / "segments" / "000001" / "ids.npy", np.arange(3))
+    with pytest.raises(BundleError, match="ids.npy"):
+        Retriever.load(b).rows([0])
     b = ret.save(tmp_path / "c")
     m = json.loads((b / "manifest.json").read_text())
     m["format_version"] = 42
@@ -225,6 +229,5 @@ def test_feature_cache_is_shared_between_embedders(tmp_path, make_textured):
     emb.extract_batch = lambda images: [refuse(im) for im in images]
     b = Retriever(emb, n_jobs=1, feature_cache=cache).build(folder, progress=False)
     assert b.last_run_["indexed"] == 6
-    va = np.stack([a._vectors[i] for i in range(6)])
-    vb = np.stack([b._vectors[i] for i in range(6)])
+    va, vb = a.rows(range(6)), b.rows(range(6))
     np.testing.assert_allclose(va, vb, atol=1e-6)

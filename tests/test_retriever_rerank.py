@@ -31,7 +31,7 @@ def test_parse_rerank():
 
 def test_qe_with_k_zero_leaves_the_ranking_unchanged(folder):
     ret = Retriever("hog", n_jobs=1).build(folder, progress=False)
-    X = np.stack([ret._vectors[i] for i in range(len(ret))])
+    X = ret.rows(range(len(ret)))
     D0, I0 = ret.search_vectors(X, 10)
     ret.qe_k = 0
     D1, I1 = ret.search_vectors(X, 10, rerank="qe")
@@ -41,7 +41,7 @@ def test_qe_with_k_zero_leaves_the_ranking_unchanged(folder):
 
 def test_qe_keeps_near_duplicates_on_top_and_survives_save_load(folder, tmp_path):
     ret = Retriever("hog", n_jobs=1, rerank="qe", qe_k=2).build(folder, progress=False)
-    X = np.stack([ret._vectors[i] for i in range(len(ret))])
+    X = ret.rows(range(len(ret)))
     _, ids = ret.search_vectors(X, 3)
     groups = np.arange(24) // 3
     # every query's top 3 is its own group of near-duplicates
@@ -49,7 +49,7 @@ def test_qe_keeps_near_duplicates_on_top_and_survives_save_load(folder, tmp_path
     ret.save(tmp_path / "b")
     back = Retriever.load(tmp_path / "b", n_jobs=1)
     assert back.rerank == ("qe",) and back.qe_k == 2
-    D2, ids2 = back.search_vectors(X, 3)  # vectors reconstructed from the index
+    D2, ids2 = back.search_vectors(X, 3)  # vectors read from the segments
     np.testing.assert_array_equal(ids, ids2)
 
 
@@ -129,10 +129,10 @@ def test_add_appends_key_points(copies_set, tmp_path):
     ret.save(tmp_path / "b")
     back = Retriever.load(tmp_path / "b", n_jobs=1)
     back.add(paths[5:], progress=False)
-    assert len(back._feature_store()) == len(back.catalog) == len(paths)
+    assert len(back.feature_store()) == len(back.catalog) == len(paths)
     back.save(tmp_path / "b")
     again = Retriever.load(tmp_path / "b", n_jobs=1)
-    assert len(again._feature_store()) == len(paths)
+    assert len(again.feature_store()) == len(paths)
     hits = again.search(data.query_paths()[1], k=2, rerank="sv")
     assert len(hits) == 2
 

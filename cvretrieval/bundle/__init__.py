@@ -291,11 +291,15 @@ class BundleWriter:
                      if (m := re.match(rf"^{prefix}-(\d{{6}})", p.name))] or [0])
         return f"{prefix}-{n:06d}{suffix}"
 
-    def new_segment(self, *, sparse: bool, dim: int) -> tuple[int, SegmentWriter]:
+    def new_segment_number(self) -> int:
+        """The next free segment number (its folder does not exist yet)."""
         seg_root = self.root / "segments"
         seg_root.mkdir(exist_ok=True)
         used = [int(p.name) for p in seg_root.iterdir() if p.name.isdigit()]
-        number = 1 + max(used or [0])
+        return 1 + max(used or [0])
+
+    def new_segment(self, *, sparse: bool, dim: int) -> tuple[int, SegmentWriter]:
+        number = self.new_segment_number()
         return number, SegmentWriter(self.root / segment_name(number), sparse=sparse, dim=dim)
 
     def commit(self, manifest: dict[str, Any]) -> None:
