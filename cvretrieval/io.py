@@ -22,6 +22,10 @@ Conversion rules (files and arrays alike)
 * Multi-frame files (GIF, TIFF): the first frame.
 * EXIF orientation is applied, so arrays are upright as a viewer shows them.
 * Arrays are assumed to be RGB(A) channel order, not OpenCV's BGR.
+
+Only regular files are ever opened (see :mod:`cvretrieval._files`): a FIFO, socket
+or device raises ImageReadError at once instead of blocking. Every error is one
+line that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
@@ -39,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
+from cvretrieval import _files
 from cvretrieval.errors import ImageReadError
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "list_images",
     "read_bytes_and_image",
     "read_image",
+    "scan_images",
     "to_uint8",
 ]
 
@@ -85,6 +92,7 @@ def read_image(
     max_side: int | None = 640,
     grayscale: bool = False,
     bbox: Box | None = None,
+    max_pixels: int | None = None,
 ) -> NDArray[np.uint8]:
     """Decode an image file, encoded bytes or an array into a uint8 array.
 
@@ -105,6 +113,10 @@ def read_image(
         orientation-corrected image (``x1``, ``y1`` exclusive), before any
         downscaling. The box is clipped to the image; fractional edges are
         widened outwards to whole pixels.
+    max_pixels : int, optional
+        Refuse files whose header declares more pixels than this, before decoding
+        them (arrays are not checked). Pillow's own limit against decompression
+        bombs (``2 * PIL.Image.MAX_IMAGE_PIXELS``) always applies.
 
     Returns
     -------
@@ -114,8 +126,11 @@ def read_image(
     Raises
     ------
     ImageReadError
-        The file is missing, empty, a directory, not an image, or truncated.
-        The message names the file (``<bytes>`` for bytes input).
+        The file is missing, empty, not a regular file (a directory, a FIFO, a
+        device; these are never opened for reading), not an image, truncated, or
+        too large (``max_pixels``, or Pillow's decompression-bomb limit). The
+        message is one line, names the file (``<bytes>`` for bytes input) and
+        says what to do.
     ValueError
         ``bbox`` is empty after clipping to the image, or ``max_side`` is not
         a positive integer.
@@ -135,13 +150,13 @@ def read_image(
         out = _finish(image, name=_ARRAY_NAME, max_side=max_side, bbox=bbox)
         return out.copy() if np.shares_memory(out, source) else out  # never alias the input
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _decode(
-            bytes(source), _BYTES_NAME, max_side=max_side, grayscale=grayscale, bbox=bbox
-        )
+        return _decode(bytes(source), _BYTES_NAME, max_side=max_side, grayscale=grayscale,
+                       bbox=bbox, max_pixels=max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         data = _read_file(path)
-        return _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=bbox)
+        return _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=bbox,
+                       max_pixels=max_pixels)
     raise TypeError(
         f"cannot read image from a {type(source).__name__}: pass a path (str or Path), "
         "the file's bytes, or a numpy array"
@@ -184,6 +199,27 @@ def read_bytes_and_image(
     return hashlib.sha1(data).hexdigest(), len(data), image
 
 
+def scan_images(
+    root: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """List the image files under a folder, and the entries skipped with the reason.
+
+    Returns ``(paths, skipped)``: ``paths`` as :func:`list_images` returns them;
+    ``skipped`` a sorted list of ``(path, reason)`` (one line) for entries that look
+    like images but cannot be read as files: broken links, link loops, FIFOs,
+    sockets, devices, links to folders (never followed) and sub-folders that cannot
+    be listed; ``root`` itself when it is one of those. Hidden names and files
+    without an image suffix are ignored, not reported. A link to an image file is
+    followed wherever it points (the path listed is the link's own); a folder named
+    like an image (``x.jpg/``) is a folder. Raises FileNotFoundError when ``root``
+    does not exist.
+    """
+    return _files.scan_images(root, recursive=recursive, extensions=extensions)
+
+
 def list_images(
     root: str | os.PathLike[str],
     *,
@@ -197,7 +233,7 @@ def list_images(
     root : str or os.PathLike
         A folder, or a single file.
     recursive : bool, optional
-        Descend into sub-folders.
+        Descend into sub-folders (links to folders are not followed).
     extensions : iterable of str, optional
         Suffixes that count as images, compared case-insensitively; a leading
         dot is optional (``"jpg"`` and ``".JPG"`` both work).
@@ -205,39 +241,18 @@ def list_images(
     Returns
     -------
     paths : list of pathlib.Path
-        ``root / relative_path`` for every image file, sorted by the POSIX
-        relative path string. Files and folders whose name starts with ``.``
-        are skipped. When ``root`` is a file: ``[root]`` if it has an image
-        suffix, else ``[]``.
+        ``root / relative_path`` for every regular image file (links to files
+        followed), sorted by the POSIX relative path string. Files and folders
+        whose name starts with ``.`` are skipped. When ``root`` is a file:
+        ``[root]`` if it has an image suffix, else ``[]``. :func:`scan_images`
+        also says which entries were skipped and why.
 
     Raises
     ------
     FileNotFoundError
         ``root`` does not exist.
     """
-    root = Path(root)
-    suffixes = _normalise_extensions(extensions)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"cannot list images: {root} does not exist; pass an existing folder or image file"
-        )
-    if root.is_file():
-        return [root] if root.suffix.lower() in suffixes else []
-
-    found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        here = Path(dirpath)
-        for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in suffixes:
-                continue
-            path = here / name
-            if not path.is_file():
-                continue
-            found.append((path.relative_to(root).as_posix(), path))
-    found.sort(key=lambda item: item[0])
-    logger.debug("found %d image files under %s", len(found), root)
-    return [path for _, path in found]
+    return _files.list_images(root, recursive=recursive, extensions=extensions)
 
 
 def to_uint8(array: NDArray[np.generic]) -> NDArray[np.uint8]:
@@ -294,34 +309,17 @@ def _check_max_side(max_side: int | None) -> None:
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
 
 
-def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
-    if isinstance(extensions, str):
-        extensions = [extensions]
-    out = set()
-    for ext in extensions:
-        ext = ext.lower()
-        out.add(ext if ext.startswith(".") else "." + ext)
-    return frozenset(out)
-
-
 def _read_file(path: Path) -> bytes:
-    """The bytes of ``path``, or an ImageReadError that names it and says why."""
-    if not path.exists():
-        raise ImageReadError(f"cannot read image {path}: file does not exist")
-    if path.is_dir():
-        raise ImageReadError(f"cannot read image {path}: it is a directory, not an image file")
+    """The bytes of regular file ``path``, or an ImageReadError that names it and says why."""
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ImageReadError(f"cannot read image {path}: {_one_line(err)}") from err
+        data = _files.read_regular_file(path, what="an image file")
+    except _files.FileProblem as err:
+        raise ImageReadError(f"cannot read image {path}: {err.reason}") from None
     if not data:
-        raise ImageReadError(f"cannot read image {path}: file is empty (0 bytes)")
+        raise ImageReadError(
+            f"cannot read image {path}: file is empty (0 bytes); copy or download it again"
+        )
     return data
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _decode(
@@ -331,22 +329,28 @@ def _decode(
     max_side: int | None,
     grayscale: bool,
     bbox: Box | None,
+    max_pixels: int | None = None,
 ) -> NDArray[np.uint8]:
     if not data:
-        raise ImageReadError(f"cannot read image {name}: no data (0 bytes)")
+        raise ImageReadError(f"cannot read image {name}: no data (0 bytes); give an image file")
     try:
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
         raise ImageReadError(
             f"cannot read image {name}: not a recognised image format "
-            f"({len(data)} bytes starting {data[:8]!r})"
+            f"({len(data)} bytes starting {data[:8]!r}); give a JPEG, PNG, TIFF, WebP, BMP, "
+            "GIF or PNM file"
         ) from err
     except Exception as err:  # Pillow raises many types on malformed headers
-        raise ImageReadError(
-            f"cannot read image {name}: corrupt header ({_one_line(err)})"
-        ) from err
+        raise _decode_error(name, err, "corrupt header") from err
     try:
         with im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(
+                    f"cannot read image {name}: too large ({im.width}x{im.height} = "
+                    f"{im.width * im.height:,} pixels; the limit here is {max_pixels:,} pixels); "
+                    "give a smaller image"
+                )
             if max_side is not None and bbox is None and im.format == "JPEG":
                 _jpeg_draft(im, max_side=max_side, grayscale=grayscale)
             im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is False)
@@ -355,10 +359,27 @@ def _decode(
     except ImageReadError:
         raise
     except Exception as err:
-        raise ImageReadError(
-            f"cannot read image {name}: truncated or corrupt image data ({_one_line(err)})"
-        ) from err
+        raise _decode_error(name, err, "truncated or corrupt image data") from err
     return _finish(image, name=name, max_side=max_side, bbox=bbox)
+
+
+def _decode_error(name: str, err: Exception, what: str) -> ImageReadError:
+    """The one-line error for an exception Pillow raised while opening or decoding."""
+    if isinstance(err, Image.DecompressionBombError):
+        limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels, " if found else ""
+        return ImageReadError(
+            f"cannot read image {name}: too large ({size}more than Pillow's limit of "
+            f"{limit:,} pixels against decompression bombs); if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS (half that limit) or downscale the file"
+        )
+    if isinstance(err, MemoryError):
+        return ImageReadError(f"cannot read image {name}: too large to decode in memory")
+    if what.startswith("truncated"):
+        return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)}); "
+                              "the file is damaged or incomplete: copy or download it again")
+    return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)})")
 
 
 def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
