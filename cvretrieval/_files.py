@@ -43,7 +43,7 @@ class FileProblem(OSError):
     """A path that is not a readable regular file; ``reason`` is a short phrase for messages."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{shown(path)}: {reason}")
         self.path = path
         self.reason = reason
 
@@ -52,6 +52,18 @@ def one_line(err: BaseException) -> str:
     """``'TypeName: message'`` with all whitespace (newlines included) collapsed."""
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as text safe for a one-line message: control characters and undecodable
+    bytes are written as escapes (``a\\nb.png``), everything printable is kept."""
+    text = os.fspath(path)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text
+    )
 
 
 def kind_of(mode: int) -> str | None:
@@ -71,7 +83,7 @@ def kind_of(mode: int) -> str | None:
 
 def _not_regular(kind: str, what: str) -> str:
     if kind == "a directory":
-        return f"it is a directory, not {what}"
+        return f"it is a directory, not {what}; pass a file (a folder's images: list_images)"
     return f"it is {kind}, not a regular file; only regular files are read: copy it to a file"
 
 
@@ -81,7 +93,7 @@ def _open_error(path: Path, err: OSError) -> str:
     if err.errno == errno.ENOENT:
         if os.path.islink(path):
             return f"it is a broken symbolic link (to {os.readlink(path)}); fix or remove the link"
-        return "file does not exist"
+        return "file does not exist; check the path"
     if err.errno in (errno.EACCES, errno.EPERM):
         return "permission denied; check the file's permissions"
     return one_line(err)

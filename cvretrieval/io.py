@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from cvretrieval import _files
+from cvretrieval._pixels import array_to_image, pil_to_array, to_uint8
 from cvretrieval.errors import ImageReadError
 
 __all__ = [
@@ -146,7 +147,7 @@ def read_image(
     """
     _check_max_side(max_side)
     if isinstance(source, np.ndarray):
-        image = _array_to_uint8_image(source, grayscale=grayscale)
+        image = array_to_image(source, grayscale=grayscale)
         out = _finish(image, name=_ARRAY_NAME, max_side=max_side, bbox=bbox)
         return out.copy() if np.shares_memory(out, source) else out  # never alias the input
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -155,7 +156,7 @@ def read_image(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         data = _read_file(path)
-        return _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=bbox,
+        return _decode(data, _files.shown(path), max_side=max_side, grayscale=grayscale, bbox=bbox,
                        max_pixels=max_pixels)
     raise TypeError(
         f"cannot read image from a {type(source).__name__}: pass a path (str or Path), "
@@ -195,7 +196,7 @@ def read_bytes_and_image(
     _check_max_side(max_side)
     path = Path(path)
     data = _read_file(path)
-    image = _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=None)
+    image = _decode(data, _files.shown(path), max_side=max_side, grayscale=grayscale, bbox=None)
     return hashlib.sha1(data).hexdigest(), len(data), image
 
 
@@ -255,50 +256,6 @@ def list_images(
     return _files.list_images(root, recursive=recursive, extensions=extensions)
 
 
-def to_uint8(array: NDArray[np.generic]) -> NDArray[np.uint8]:
-    """Convert an array of any real dtype to uint8 intensities.
-
-    Parameters
-    ----------
-    array : ndarray
-        Any shape; bool, integer or floating dtype.
-
-    Returns
-    -------
-    out : ndarray of uint8
-        Same shape. ``uint8`` is returned unchanged; ``bool`` maps to 0/255.
-        Other dtypes: negative values and NaN become 0; floats whose maximum
-        is at most 1 are taken as 0..1 and multiplied by 255; values whose
-        maximum is at most 255 are kept; larger ranges (16-bit, 32-bit) are
-        scaled by the array's actual maximum, so that maximum becomes 255.
-
-    Examples
-    --------
-    >>> to_uint8(np.array([0, 1000, 65535], np.uint16)).tolist()
-    [0, 4, 255]
-    >>> to_uint8(np.array([0.0, 0.5, 1.0])).tolist()
-    [0, 128, 255]
-    """
-    array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.uint8, copy=False)
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(
-            f"cannot convert an array of dtype {array.dtype} to an image; "
-            "pass integer, float or bool pixel values"
-        )
-    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    np.maximum(values, 0.0, out=values)
-    peak = float(values.max()) if values.size else 0.0
-    if np.issubdtype(array.dtype, np.floating) and peak <= 1.0:
-        values *= 255.0
-    elif peak > 255.0:
-        values *= 255.0 / peak
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- internals
 
 
@@ -314,10 +271,11 @@ def _read_file(path: Path) -> bytes:
     try:
         data = _files.read_regular_file(path, what="an image file")
     except _files.FileProblem as err:
-        raise ImageReadError(f"cannot read image {path}: {err.reason}") from None
+        raise ImageReadError(f"cannot read image {_files.shown(path)}: {err.reason}") from None
     if not data:
         raise ImageReadError(
-            f"cannot read image {path}: file is empty (0 bytes); copy or download it again"
+            f"cannot read image {_files.shown(path)}: file is empty (0 bytes); "
+            "copy or download it again"
         )
     return data
 
@@ -355,7 +313,7 @@ def _decode(
                 _jpeg_draft(im, max_side=max_side, grayscale=grayscale)
             im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is False)
             upright = ImageOps.exif_transpose(im)
-            image = _pil_to_array(upright if upright is not None else im, grayscale=grayscale)
+            image = pil_to_array(upright if upright is not None else im, grayscale=grayscale)
     except ImageReadError:
         raise
     except Exception as err:
@@ -379,7 +337,8 @@ def _decode_error(name: str, err: Exception, what: str) -> ImageReadError:
     if what.startswith("truncated"):
         return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)}); "
                               "the file is damaged or incomplete: copy or download it again")
-    return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)})")
+    return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)}); the file "
+                          "is damaged or not an image: replace it")
 
 
 def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
@@ -396,83 +355,28 @@ def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
     logger.debug("JPEG draft decode %s -> %s", before, im.size)
 
 
-def _composite_on_white(rgb: NDArray[np.uint8], alpha: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _pil_to_array(im: Image.Image, *, grayscale: bool) -> NDArray[np.uint8]:
-    """An RGB (H, W, 3) or gray (H, W) uint8 array from any Pillow mode."""
-    mode = im.mode
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode in ("I", "F") or mode.startswith("I;"):
-        gray = to_uint8(np.asarray(im))
-        return gray if grayscale else np.repeat(gray[..., None], 3, axis=2)
-    elif mode in ("La",):
-        im = im.convert("LA")
-    elif mode == "RGBa":
-        im = im.convert("RGBA")
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
-
-    arr = np.asarray(im)
-    if im.mode == "LA":
-        gray = _composite_on_white(arr[..., :1], arr[..., 1])[..., 0]
-        return gray if grayscale else np.repeat(gray[..., None], 3, axis=2)
-    if im.mode == "RGBA":
-        arr = _composite_on_white(arr[..., :3], arr[..., 3])
-    if arr.ndim == 2:
-        return arr if grayscale else np.repeat(arr[..., None], 3, axis=2)
-    return _rgb_to_gray(arr) if grayscale else arr
-
-
-def _array_to_uint8_image(array: np.ndarray, *, grayscale: bool) -> NDArray[np.uint8]:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ImageReadError(
-            f"cannot read image {_ARRAY_NAME}: shape {array.shape} is not an image; "
-            "pass (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA"
-        )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageReadError(f"cannot read image {_ARRAY_NAME}: shape {array.shape} is empty")
-    image = to_uint8(array)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = _composite_on_white(image[..., :3], image[..., 3])
-    if image.ndim == 2:
-        return image if grayscale else np.repeat(image[..., None], 3, axis=2)
-    return _rgb_to_gray(image) if grayscale else image
-
-
-def _rgb_to_gray(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """ITU-R BT.601 luma of an RGB uint8 image (OpenCV), shape (H, W)."""
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-
-
 def _crop(image: NDArray[np.uint8], bbox: Box, *, name: str) -> NDArray[np.uint8]:
     h, w = image.shape[:2]
+    shown_box = " ".join(repr(bbox).split())[:80]  # one line, bounded, whatever was passed
     try:
+        if isinstance(bbox, (str, bytes)):
+            raise TypeError("a string is not a box")
         x0, y0, x1, y1 = (float(v) for v in bbox)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(
-            f"bbox must be four numbers (x0, y0, x1, y1), got {bbox!r} for image {name}"
+            f"bbox must be four numbers (x0, y0, x1, y1), got {shown_box} for image {name}"
         ) from err
     if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"bbox {bbox!r} has a non-finite value for image {name}")
+        raise ValueError(f"bbox {shown_box} has a non-finite value for image {name}; give four "
+                         "finite pixel coordinates (x0, y0, x1, y1)")
     cx0 = int(np.clip(np.floor(x0), 0, w))
     cy0 = int(np.clip(np.floor(y0), 0, h))
     cx1 = int(np.clip(np.ceil(x1), 0, w))
     cy1 = int(np.clip(np.ceil(y1), 0, h))
     if cx1 <= cx0 or cy1 <= cy0:
         raise ValueError(
-            f"bbox {tuple(bbox)!r} is empty after clipping to image {name} of size "
-            f"{w}x{h} (width x height); give (x0, y0, x1, y1) with x0 < x1 and y0 < y1 "
+            f"bbox ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty after clipping to image {name} of "
+            f"size {w}x{h} (width x height); give (x0, y0, x1, y1) with x0 < x1 and y0 < y1 "
             "overlapping the image"
         )
     return image[cy0:cy1, cx0:cx1]
