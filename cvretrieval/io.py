@@ -290,7 +290,7 @@ def _decode(
     max_pixels: int | None = None,
 ) -> NDArray[np.uint8]:
     if not data:
-        raise ImageReadError(f"cannot read image {name}: no data (0 bytes); give an image file")
+        raise ImageReadError(f"cannot read image {name}: empty (0 bytes); give an image file")
     try:
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
