@@ -357,14 +357,16 @@ def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
 
 def _crop(image: NDArray[np.uint8], bbox: Box, *, name: str) -> NDArray[np.uint8]:
     h, w = image.shape[:2]
-    shown_box = " ".join(repr(bbox).split())[:80]  # one line, bounded, whatever was passed
+    shown_box = " ".join(repr(bbox).split())  # one line, bounded, whatever was passed
+    shown_box = shown_box if len(shown_box) <= 80 else shown_box[:77] + "..."
     try:
         if isinstance(bbox, (str, bytes)):
             raise TypeError("a string is not a box")
         x0, y0, x1, y1 = (float(v) for v in bbox)
     except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(
-            f"bbox must be four numbers (x0, y0, x1, y1), got {shown_box} for image {name}"
+            f"bbox must be four numbers: give (x0, y0, x1, y1) in pixels, got {shown_box} "
+            f"for image {name}"
         ) from err
     if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
         raise ValueError(f"bbox {shown_box} has a non-finite value for image {name}; give four "
