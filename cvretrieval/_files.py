@@ -83,7 +83,7 @@ def kind_of(mode: int) -> str | None:
 
 def _not_regular(kind: str, what: str) -> str:
     if kind == "a directory":
-        return f"it is a directory, not {what}; pass a file (a folder's images: list_images)"
+        return f"it is a directory, not {what}; give the path of a file"
     return f"it is {kind}, not a regular file; only regular files are read: copy it to a file"
 
 
