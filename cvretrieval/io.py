@@ -332,6 +332,10 @@ def _decode_error(name: str, err: Exception, what: str) -> ImageReadError:
             f"{limit:,} pixels against decompression bombs); if you trust the file, raise "
             "PIL.Image.MAX_IMAGE_PIXELS (half that limit) or downscale the file"
         )
+    if isinstance(err, ValueError) and "too large" in str(err).lower():  # PNG text bombs
+        return ImageReadError(f"cannot read image {name}: part of it is too large to decode "
+                              f"safely ({_files.one_line(err)}); if you trust the file, raise "
+                              "that Pillow limit or re-save the file without its metadata")
     if isinstance(err, MemoryError):
         return ImageReadError(f"cannot read image {name}: too large to decode in memory")
     if what.startswith("truncated"):

@@ -132,6 +132,13 @@ def zero_width_png() -> bytes:
     return png_header_only(0, 10)
 
 
+def png_text_bomb() -> bytes:
+    """A valid PNG with a zTXt chunk that inflates to 20 MB (Pillow stops at 1 MB)."""
+    png = encode(rgb(), "PNG")
+    text = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * (20 << 20), 9))
+    return png[:33] + text + png[33:]  # after the 8-byte signature and the 25-byte IHDR
+
+
 def cut(data: bytes, fraction: float) -> bytes:
     return data[: max(1, int(len(data) * fraction))]
 
@@ -316,6 +323,7 @@ IMAGE_CASES: list[Case] = [
          Fails("too large")),
     Case("bomb-gif-screen", write("a.gif", lambda: gif_huge_screen(65535, 65535)),
          Fails("too large")),
+    Case("png-text-bomb", write("a.png", png_text_bomb), Fails("too large")),
     # not regular files
     Case("directory-named-jpg", directory("d.jpg"), Fails("directory"), regular=False),
     Case("fifo", fifo("q.jpg"), Fails("FIFO"), regular=False),
