@@ -504,3 +504,26 @@ def test_scan_images_reports_what_it_skips(tree):
     assert "loop" in reasons["loop.png"] and "broken" in reasons["broken.jpg"]
     assert "FIFO" in reasons["pipe.png"]
     assert list_images(tree) == paths  # the old API lists the same images
+
+
+@needs_fifo
+def test_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """The stat check and the open can race; the non-blocking open plus fstat still refuse."""
+    import os
+    import stat as stat_module
+
+    import cvretrieval._files as files
+
+    fifo = tmp_path / "q.png"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+
+    class LooksRegular:
+        st_mode = stat_module.S_IFREG | 0o644
+
+    def stale_stat(path, *args, **kwargs):  # what a check made just before the swap saw
+        return LooksRegular() if Path(path) == fifo else real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "stat", stale_stat)
+    with _alarm(5), pytest.raises(ImageReadError, match="FIFO"):
+        read_image(fifo)
