@@ -189,3 +189,52 @@ def test_many_skips_are_all_reported(tmp_path):
     assert [p.name for p, _ in skipped] == sorted(
         [f"f{i}.png" for i in range(5)] + [f"l{i}.jpg" for i in range(5)]
     )
+
+
+# --------------------------------------------------------------------------- permissions
+# chmod 000 does not stop root, so these also simulate the refusal the kernel would give.
+
+
+def test_unlistable_subfolder_is_reported_even_as_root(tmp_path, monkeypatch):
+    import errno
+
+    import cvretrieval._files as files
+
+    root = tmp_path / "root"
+    (root / "locked").mkdir(parents=True)
+    png("base.png")(root)
+    png("hidden-from-us.png")(root / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(files.os, "scandir", scandir)
+    paths, skipped = scan_images(root)
+    assert [p.name for p in paths] == ["base.png"]
+    assert [(p.name, "permission denied" in r) for p, r in skipped] == [("locked", True)]
+
+
+def test_unreadable_file_is_one_line_even_as_root(tmp_path, monkeypatch):
+    import errno
+
+    import cvretrieval._files as files
+    from cvretrieval.errors import ImageReadError
+    from cvretrieval.io import read_image
+
+    path = png("locked.png")(tmp_path)
+    real_open = os.open
+
+    def refuse(p, *args, **kwargs):
+        if Path(p) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", refuse)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert message.startswith(f"cannot read image {path}: permission denied")
+    assert "check the file's permissions" in message and "\n" not in message
