@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "read_image": "io",
     "list_images": "io",
+    "scan_images": "io",
     "ImageReadError": "errors",
     "CVRetrievalError": "errors",
     "BundleError": "errors",

@@ -15,9 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from ._files import FileProblem, one_line, read_regular_file, shown
 from .errors import BundleError
 
-__all__ = ["atomic_write", "check_format_version", "read_json_manifest", "write_json_atomic"]
+__all__ = [
+    "atomic_write",
+    "check_format_version",
+    "read_json",
+    "read_json_manifest",
+    "write_json_atomic",
+]
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object], *, fsync: bool = False) -> None:
@@ -57,6 +64,9 @@ def write_json_atomic(
     atomic_write(path, lambda f: f.write(data))
 
 
+_FIX = "fix or recreate the file"
+
+
 def _error(message: str, hint: str | None) -> BundleError:
     return BundleError(f"{message}; {hint}" if hint else message)
 
@@ -68,9 +78,46 @@ def check_format_version(
     version = doc.get("format_version")
     if version != format_version:
         raise _error(
-            f"{path} has format_version {version!r}, but this cvretrieval reads {format_version}",
+            f"{shown(path)} has format_version {version!r}, but this cvretrieval reads "
+            f"{format_version}",
             hint,
         )
+
+
+def read_json(
+    path: Path,
+    *,
+    error: type[Exception] = BundleError,
+    hint: str | None = None,
+) -> Any:
+    """Read any JSON value from a regular file; ``error`` (one line, naming the file) when unusable.
+
+    Never blocks (a FIFO or device is refused before it is opened) and never lets a
+    RecursionError, a too-long number or a decoding error through.
+
+    Parameters
+    ----------
+    path : Path
+    error : exception class, default BundleError
+        Raised for every problem (:class:`~cvretrieval.errors.DatasetError` for a
+        ground-truth file, for example).
+    hint : str, optional
+        What to do, appended after ``"; "``; default: fix or recreate the file.
+    """
+    hint = hint or _FIX
+    name = shown(path)
+    try:
+        data = read_regular_file(path, what="a JSON file")
+    except FileProblem as exc:
+        raise error(f"cannot read {name}: {exc.reason}") from None
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except RecursionError:
+        raise error(f"{name} is nested too deeply to read as JSON; {hint}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{name} is not valid JSON ({one_line(exc)}); {hint}") from None
+    except MemoryError:
+        raise error(f"{name} is too large to read as JSON; {hint}") from None
 
 
 def read_json_manifest(
@@ -98,14 +145,12 @@ def read_json_manifest(
     -------
     dict
     """
-    if missing is not None and not path.is_file():
-        raise BundleError(f"{path} is missing: {missing}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(f"{path} is not valid JSON ({exc})", hint) from None
+    if missing is not None and not os.path.lexists(path):
+        raise BundleError(f"{shown(path)} is missing: {missing}")
+    doc = read_json(path, hint=hint)
     if not isinstance(doc, dict):
-        raise _error(f"{path} must hold a JSON object, got {type(doc).__name__}", hint)
+        raise _error(f"{shown(path)} must hold a JSON object, got {type(doc).__name__}",
+                     hint or _FIX)
     if format_version is not None:
         check_format_version(doc, path, format_version, hint=hint)
     return doc

@@ -22,6 +22,10 @@ Conversion rules (files and arrays alike)
 * Multi-frame files (GIF, TIFF): the first frame.
 * EXIF orientation is applied, so arrays are upright as a viewer shows them.
 * Arrays are assumed to be RGB(A) channel order, not OpenCV's BGR.
+
+Only regular files are ever opened (see :mod:`cvretrieval._files`): a FIFO, socket
+or device raises ImageReadError at once instead of blocking. Every error is one
+line that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
@@ -39,6 +44,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
+from cvretrieval import _files
+from cvretrieval._pixels import array_to_image, pil_to_array, to_uint8
 from cvretrieval.errors import ImageReadError
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "list_images",
     "read_bytes_and_image",
     "read_image",
+    "scan_images",
     "to_uint8",
 ]
 
@@ -85,6 +93,7 @@ def read_image(
     max_side: int | None = 640,
     grayscale: bool = False,
     bbox: Box | None = None,
+    max_pixels: int | None = None,
 ) -> NDArray[np.uint8]:
     """Decode an image file, encoded bytes or an array into a uint8 array.
 
@@ -105,6 +114,10 @@ def read_image(
         orientation-corrected image (``x1``, ``y1`` exclusive), before any
         downscaling. The box is clipped to the image; fractional edges are
         widened outwards to whole pixels.
+    max_pixels : int, optional
+        Refuse files whose header declares more pixels than this, before decoding
+        them (arrays are not checked). Pillow's own limit against decompression
+        bombs (``2 * PIL.Image.MAX_IMAGE_PIXELS``) always applies.
 
     Returns
     -------
@@ -114,8 +127,11 @@ def read_image(
     Raises
     ------
     ImageReadError
-        The file is missing, empty, a directory, not an image, or truncated.
-        The message names the file (``<bytes>`` for bytes input).
+        The file is missing, empty, not a regular file (a directory, a FIFO, a
+        device; these are never opened for reading), not an image, truncated, or
+        too large (``max_pixels``, or Pillow's decompression-bomb limit). The
+        message is one line, names the file (``<bytes>`` for bytes input) and
+        says what to do.
     ValueError
         ``bbox`` is empty after clipping to the image, or ``max_side`` is not
         a positive integer.
@@ -131,17 +147,17 @@ def read_image(
     """
     _check_max_side(max_side)
     if isinstance(source, np.ndarray):
-        image = _array_to_uint8_image(source, grayscale=grayscale)
+        image = array_to_image(source, grayscale=grayscale)
         out = _finish(image, name=_ARRAY_NAME, max_side=max_side, bbox=bbox)
         return out.copy() if np.shares_memory(out, source) else out  # never alias the input
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _decode(
-            bytes(source), _BYTES_NAME, max_side=max_side, grayscale=grayscale, bbox=bbox
-        )
+        return _decode(bytes(source), _BYTES_NAME, max_side=max_side, grayscale=grayscale,
+                       bbox=bbox, max_pixels=max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         data = _read_file(path)
-        return _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=bbox)
+        return _decode(data, _files.shown(path), max_side=max_side, grayscale=grayscale, bbox=bbox,
+                       max_pixels=max_pixels)
     raise TypeError(
         f"cannot read image from a {type(source).__name__}: pass a path (str or Path), "
         "the file's bytes, or a numpy array"
@@ -180,8 +196,29 @@ def read_bytes_and_image(
     _check_max_side(max_side)
     path = Path(path)
     data = _read_file(path)
-    image = _decode(data, str(path), max_side=max_side, grayscale=grayscale, bbox=None)
+    image = _decode(data, _files.shown(path), max_side=max_side, grayscale=grayscale, bbox=None)
     return hashlib.sha1(data).hexdigest(), len(data), image
+
+
+def scan_images(
+    root: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """List the image files under a folder, and the entries skipped with the reason.
+
+    Returns ``(paths, skipped)``: ``paths`` as :func:`list_images` returns them;
+    ``skipped`` a sorted list of ``(path, reason)`` (one line) for entries that look
+    like images but cannot be read as files: broken links, link loops, FIFOs,
+    sockets, devices, links to folders (never followed) and sub-folders that cannot
+    be listed; ``root`` itself when it is one of those. Hidden names and files
+    without an image suffix are ignored, not reported. A link to an image file is
+    followed wherever it points (the path listed is the link's own); a folder named
+    like an image (``x.jpg/``) is a folder. Raises FileNotFoundError when ``root``
+    does not exist.
+    """
+    return _files.scan_images(root, recursive=recursive, extensions=extensions)
 
 
 def list_images(
@@ -197,7 +234,7 @@ def list_images(
     root : str or os.PathLike
         A folder, or a single file.
     recursive : bool, optional
-        Descend into sub-folders.
+        Descend into sub-folders (links to folders are not followed).
     extensions : iterable of str, optional
         Suffixes that count as images, compared case-insensitively; a leading
         dot is optional (``"jpg"`` and ``".JPG"`` both work).
@@ -205,83 +242,18 @@ def list_images(
     Returns
     -------
     paths : list of pathlib.Path
-        ``root / relative_path`` for every image file, sorted by the POSIX
-        relative path string. Files and folders whose name starts with ``.``
-        are skipped. When ``root`` is a file: ``[root]`` if it has an image
-        suffix, else ``[]``.
+        ``root / relative_path`` for every regular image file (links to files
+        followed), sorted by the POSIX relative path string. Files and folders
+        whose name starts with ``.`` are skipped. When ``root`` is a file:
+        ``[root]`` if it has an image suffix, else ``[]``. :func:`scan_images`
+        also says which entries were skipped and why.
 
     Raises
     ------
     FileNotFoundError
         ``root`` does not exist.
     """
-    root = Path(root)
-    suffixes = _normalise_extensions(extensions)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"cannot list images: {root} does not exist; pass an existing folder or image file"
-        )
-    if root.is_file():
-        return [root] if root.suffix.lower() in suffixes else []
-
-    found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        here = Path(dirpath)
-        for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in suffixes:
-                continue
-            path = here / name
-            if not path.is_file():
-                continue
-            found.append((path.relative_to(root).as_posix(), path))
-    found.sort(key=lambda item: item[0])
-    logger.debug("found %d image files under %s", len(found), root)
-    return [path for _, path in found]
-
-
-def to_uint8(array: NDArray[np.generic]) -> NDArray[np.uint8]:
-    """Convert an array of any real dtype to uint8 intensities.
-
-    Parameters
-    ----------
-    array : ndarray
-        Any shape; bool, integer or floating dtype.
-
-    Returns
-    -------
-    out : ndarray of uint8
-        Same shape. ``uint8`` is returned unchanged; ``bool`` maps to 0/255.
-        Other dtypes: negative values and NaN become 0; floats whose maximum
-        is at most 1 are taken as 0..1 and multiplied by 255; values whose
-        maximum is at most 255 are kept; larger ranges (16-bit, 32-bit) are
-        scaled by the array's actual maximum, so that maximum becomes 255.
-
-    Examples
-    --------
-    >>> to_uint8(np.array([0, 1000, 65535], np.uint16)).tolist()
-    [0, 4, 255]
-    >>> to_uint8(np.array([0.0, 0.5, 1.0])).tolist()
-    [0, 128, 255]
-    """
-    array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.uint8, copy=False)
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(
-            f"cannot convert an array of dtype {array.dtype} to an image; "
-            "pass integer, float or bool pixel values"
-        )
-    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    np.maximum(values, 0.0, out=values)
-    peak = float(values.max()) if values.size else 0.0
-    if np.issubdtype(array.dtype, np.floating) and peak <= 1.0:
-        values *= 255.0
-    elif peak > 255.0:
-        values *= 255.0 / peak
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return _files.list_images(root, recursive=recursive, extensions=extensions)
 
 
 # --------------------------------------------------------------------------- internals
@@ -294,34 +266,18 @@ def _check_max_side(max_side: int | None) -> None:
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
 
 
-def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
-    if isinstance(extensions, str):
-        extensions = [extensions]
-    out = set()
-    for ext in extensions:
-        ext = ext.lower()
-        out.add(ext if ext.startswith(".") else "." + ext)
-    return frozenset(out)
-
-
 def _read_file(path: Path) -> bytes:
-    """The bytes of ``path``, or an ImageReadError that names it and says why."""
-    if not path.exists():
-        raise ImageReadError(f"cannot read image {path}: file does not exist")
-    if path.is_dir():
-        raise ImageReadError(f"cannot read image {path}: it is a directory, not an image file")
+    """The bytes of regular file ``path``, or an ImageReadError that names it and says why."""
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ImageReadError(f"cannot read image {path}: {_one_line(err)}") from err
+        data = _files.read_regular_file(path, what="an image file")
+    except _files.FileProblem as err:
+        raise ImageReadError(f"cannot read image {_files.shown(path)}: {err.reason}") from None
     if not data:
-        raise ImageReadError(f"cannot read image {path}: file is empty (0 bytes)")
+        raise ImageReadError(
+            f"cannot read image {_files.shown(path)}: file is empty (0 bytes); "
+            "copy or download it again"
+        )
     return data
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _decode(
@@ -331,34 +287,62 @@ def _decode(
     max_side: int | None,
     grayscale: bool,
     bbox: Box | None,
+    max_pixels: int | None = None,
 ) -> NDArray[np.uint8]:
     if not data:
-        raise ImageReadError(f"cannot read image {name}: no data (0 bytes)")
+        raise ImageReadError(f"cannot read image {name}: empty (0 bytes); give an image file")
     try:
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
         raise ImageReadError(
             f"cannot read image {name}: not a recognised image format "
-            f"({len(data)} bytes starting {data[:8]!r})"
+            f"({len(data)} bytes starting {data[:8]!r}); give a JPEG, PNG, TIFF, WebP, BMP, "
+            "GIF or PNM file"
         ) from err
     except Exception as err:  # Pillow raises many types on malformed headers
-        raise ImageReadError(
-            f"cannot read image {name}: corrupt header ({_one_line(err)})"
-        ) from err
+        raise _decode_error(name, err, "corrupt header") from err
     try:
         with im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(
+                    f"cannot read image {name}: too large ({im.width}x{im.height} = "
+                    f"{im.width * im.height:,} pixels; the limit here is {max_pixels:,} pixels); "
+                    "give a smaller image"
+                )
             if max_side is not None and bbox is None and im.format == "JPEG":
                 _jpeg_draft(im, max_side=max_side, grayscale=grayscale)
             im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is False)
             upright = ImageOps.exif_transpose(im)
-            image = _pil_to_array(upright if upright is not None else im, grayscale=grayscale)
+            image = pil_to_array(upright if upright is not None else im, grayscale=grayscale)
     except ImageReadError:
         raise
     except Exception as err:
-        raise ImageReadError(
-            f"cannot read image {name}: truncated or corrupt image data ({_one_line(err)})"
-        ) from err
+        raise _decode_error(name, err, "truncated or corrupt image data") from err
     return _finish(image, name=name, max_side=max_side, bbox=bbox)
+
+
+def _decode_error(name: str, err: Exception, what: str) -> ImageReadError:
+    """The one-line error for an exception Pillow raised while opening or decoding."""
+    if isinstance(err, Image.DecompressionBombError):
+        limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels, " if found else ""
+        return ImageReadError(
+            f"cannot read image {name}: too large ({size}more than Pillow's limit of "
+            f"{limit:,} pixels against decompression bombs); if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS (half that limit) or downscale the file"
+        )
+    if isinstance(err, ValueError) and "too large" in str(err).lower():  # PNG text bombs
+        return ImageReadError(f"cannot read image {name}: part of it is too large to decode "
+                              f"safely ({_files.one_line(err)}); if you trust the file, raise "
+                              "that Pillow limit or re-save the file without its metadata")
+    if isinstance(err, MemoryError):
+        return ImageReadError(f"cannot read image {name}: too large to decode in memory")
+    if what.startswith("truncated"):
+        return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)}); "
+                              "the file is damaged or incomplete: copy or download it again")
+    return ImageReadError(f"cannot read image {name}: {what} ({_files.one_line(err)}); the file "
+                          "is damaged or not an image: replace it")
 
 
 def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
@@ -375,83 +359,30 @@ def _jpeg_draft(im: Image.Image, *, max_side: int, grayscale: bool) -> None:
     logger.debug("JPEG draft decode %s -> %s", before, im.size)
 
 
-def _composite_on_white(rgb: NDArray[np.uint8], alpha: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _pil_to_array(im: Image.Image, *, grayscale: bool) -> NDArray[np.uint8]:
-    """An RGB (H, W, 3) or gray (H, W) uint8 array from any Pillow mode."""
-    mode = im.mode
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode in ("I", "F") or mode.startswith("I;"):
-        gray = to_uint8(np.asarray(im))
-        return gray if grayscale else np.repeat(gray[..., None], 3, axis=2)
-    elif mode in ("La",):
-        im = im.convert("LA")
-    elif mode == "RGBa":
-        im = im.convert("RGBA")
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
-
-    arr = np.asarray(im)
-    if im.mode == "LA":
-        gray = _composite_on_white(arr[..., :1], arr[..., 1])[..., 0]
-        return gray if grayscale else np.repeat(gray[..., None], 3, axis=2)
-    if im.mode == "RGBA":
-        arr = _composite_on_white(arr[..., :3], arr[..., 3])
-    if arr.ndim == 2:
-        return arr if grayscale else np.repeat(arr[..., None], 3, axis=2)
-    return _rgb_to_gray(arr) if grayscale else arr
-
-
-def _array_to_uint8_image(array: np.ndarray, *, grayscale: bool) -> NDArray[np.uint8]:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ImageReadError(
-            f"cannot read image {_ARRAY_NAME}: shape {array.shape} is not an image; "
-            "pass (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA"
-        )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageReadError(f"cannot read image {_ARRAY_NAME}: shape {array.shape} is empty")
-    image = to_uint8(array)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = _composite_on_white(image[..., :3], image[..., 3])
-    if image.ndim == 2:
-        return image if grayscale else np.repeat(image[..., None], 3, axis=2)
-    return _rgb_to_gray(image) if grayscale else image
-
-
-def _rgb_to_gray(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """ITU-R BT.601 luma of an RGB uint8 image (OpenCV), shape (H, W)."""
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-
-
 def _crop(image: NDArray[np.uint8], bbox: Box, *, name: str) -> NDArray[np.uint8]:
     h, w = image.shape[:2]
+    shown_box = " ".join(repr(bbox).split())  # one line, bounded, whatever was passed
+    shown_box = shown_box if len(shown_box) <= 80 else shown_box[:77] + "..."
     try:
+        if isinstance(bbox, (str, bytes)):
+            raise TypeError("a string is not a box")
         x0, y0, x1, y1 = (float(v) for v in bbox)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(
-            f"bbox must be four numbers (x0, y0, x1, y1), got {bbox!r} for image {name}"
+            f"bbox must be four numbers: give (x0, y0, x1, y1) in pixels, got {shown_box} "
+            f"for image {name}"
         ) from err
     if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"bbox {bbox!r} has a non-finite value for image {name}")
+        raise ValueError(f"bbox {shown_box} has a non-finite value for image {name}; give four "
+                         "finite pixel coordinates (x0, y0, x1, y1)")
     cx0 = int(np.clip(np.floor(x0), 0, w))
     cy0 = int(np.clip(np.floor(y0), 0, h))
     cx1 = int(np.clip(np.ceil(x1), 0, w))
     cy1 = int(np.clip(np.ceil(y1), 0, h))
     if cx1 <= cx0 or cy1 <= cy0:
         raise ValueError(
-            f"bbox {tuple(bbox)!r} is empty after clipping to image {name} of size "
-            f"{w}x{h} (width x height); give (x0, y0, x1, y1) with x0 < x1 and y0 < y1 "
+            f"bbox ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty after clipping to image {name} of "
+            f"size {w}x{h} (width x height); give (x0, y0, x1, y1) with x0 < x1 and y0 < y1 "
             "overlapping the image"
         )
     return image[cy0:cy1, cx0:cx1]

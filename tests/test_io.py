@@ -423,3 +423,107 @@ def test_list_images_root_is_file_or_missing(tree):
     assert list_images(tree / "notes.txt") == []
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_images(tree / "nowhere")
+
+
+# --------------------------------------------------------------------------- regressions (issue 13)
+
+
+def _alarm(seconds: float):
+    """Context manager: raise TimeoutError in this thread after ``seconds`` (SIGALRM, POSIX)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def guard():
+        def fire(signum, frame):
+            raise TimeoutError(f"still blocked after {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    return guard()
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+
+
+@needs_fifo
+@pytest.mark.parametrize("reader", [read_image, read_bytes_and_image])
+def test_fifo_is_refused_without_blocking(tmp_path, reader):
+    import os
+
+    fifo = tmp_path / "q.jpg"
+    os.mkfifo(fifo)
+    with _alarm(5), pytest.raises(ImageReadError, match="FIFO") as info:
+        reader(fifo)
+    assert str(fifo) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_decompression_bomb_says_too_large_and_the_limit(tmp_path):
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    path = tmp_path / "bomb.png"
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    # IHDR width/height at bytes 16..24; CRC not rechecked by Pillow's open
+    import struct
+    import zlib
+
+    side = int((limit * 1.1) ** 0.5) + 1
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "too large" in message and f"{limit:,}" in message, message
+    assert "corrupt" not in message and "MAX_IMAGE_PIXELS" in message
+    assert str(path) in message and "\n" not in message
+
+
+def test_scan_images_reports_what_it_skips(tree):
+    import os
+
+    from cvretrieval.io import scan_images
+
+    os.symlink("loop.png", tree / "loop.png")
+    os.symlink("nowhere.png", tree / "broken.jpg")
+    os.mkfifo(tree / "pipe.png")
+    os.symlink(tree / "a.png", tree / "sub" / "link.png")
+    with _alarm(5):
+        paths, skipped = scan_images(tree)
+    rel = [p.relative_to(tree).as_posix() for p in paths]
+    expected = ["Sub2/x.TIFF", "a.png", "b.JPG", "sub/c.jpeg", "sub/deeper/e.webp", "sub/link.png"]
+    assert rel == expected
+    reasons = {p.relative_to(tree).as_posix(): r for p, r in skipped}
+    assert set(reasons) == {"broken.jpg", "loop.png", "pipe.png"}
+    assert "loop" in reasons["loop.png"] and "broken" in reasons["broken.jpg"]
+    assert "FIFO" in reasons["pipe.png"]
+    assert list_images(tree) == paths  # the old API lists the same images
+
+
+@needs_fifo
+def test_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """The stat check and the open can race; the non-blocking open plus fstat still refuse."""
+    import os
+    import stat as stat_module
+
+    import cvretrieval._files as files
+
+    fifo = tmp_path / "q.png"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+
+    class LooksRegular:
+        st_mode = stat_module.S_IFREG | 0o644
+
+    def stale_stat(path, *args, **kwargs):  # what a check made just before the swap saw
+        return LooksRegular() if Path(path) == fifo else real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "stat", stale_stat)
+    with _alarm(5), pytest.raises(ImageReadError, match="FIFO"):
+        read_image(fifo)

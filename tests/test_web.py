@@ -35,6 +35,21 @@ N_IMAGES = 8
 NO_WEB = "the web extra is not installed (pip install 'cvretrieval[web]')"
 
 
+def _png_header_only(w: int, h: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+BOMB_PNG = _png_header_only(30000, 30000)  # 900 megapixels declared in a 57-byte file
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -299,6 +314,9 @@ def test_upload_finds_its_source_and_matches_array_search(app, bundle, photos):
         ("notes.png", b"these are words, not pixels", "not a recognised image format"),
         ("cut.png", None, "truncated"),
         ("huge.png", b"\x89PNG" + b"\0" * 1_200_000, "limited to 1 MB"),
+        ("bomb.png", BOMB_PNG, "too large"),
+        ("empty.png", b"", "empty"),
+        ("words.jpg", b"a text file with a photo's name", "not a recognised image format"),
     ],
 )
 def test_bad_uploads_show_a_message_not_a_traceback(app, bundle, photos, name, data, message):

@@ -37,6 +37,9 @@ DETECTORS: dict[str, tuple[int, bool]] = {
     "brisk": (64, True),
 }
 
+MIN_SIDE = {"sift": 1, "rootsift": 1, "orb": 2, "akaze": 2, "brisk": 6}
+"""Smallest image side (pixels) each detector runs on; OpenCV asserts in ``resize`` below it."""
+
 
 @dataclass(frozen=True)
 class LocalFeatures:
@@ -198,6 +201,12 @@ class LocalFeatureExtractor:
         """
         gray = to_gray(image)
         shape = (int(gray.shape[0]), int(gray.shape[1]))
+        if min(shape) < MIN_SIDE[self.detector]:
+            raise ValueError(
+                f"the image is {shape[1]}x{shape[0]} pixels, too small for {self.detector.upper()}"
+                f", which needs at least {MIN_SIDE[self.detector]} pixels on each side (after "
+                "any box crop and downscaling); give a larger image or box"
+            )
         if self._cv is None:
             self._cv = _create(self.detector, self.n_features)
         kps, desc = self._cv.detectAndCompute(gray, None)

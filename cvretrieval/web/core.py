@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_MB = 20
 """Largest upload the demo accepts, in megabytes (``--max-upload-mb`` changes it)."""
 
+DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
+"""Largest upload in pixels (width x height, read from the header before decoding)."""
+
 BBox = tuple[float, float, float, float]
 
 RERANK_LABELS = {
@@ -113,17 +116,24 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_bundle_manifest(Path(path))
 
 
-def decode_upload(data: bytes, name: str, max_mb: float) -> NDArray[np.uint8]:
+def decode_upload(
+    data: bytes, name: str, max_mb: float, max_pixels: int | None = DEFAULT_MAX_UPLOAD_PIXELS
+) -> NDArray[np.uint8]:
     """Decode an uploaded file in memory into a full-resolution RGB image.
+
+    The content decides, not the name: a PNG named ``photo.jpg`` (or with no suffix)
+    decodes; a text file named ``photo.jpg`` is refused.
 
     Parameters
     ----------
     data : bytes
         The file's content (never written to disk).
     name : str
-        The file name the browser sent, used in messages only.
+        The file name the browser sent, used in messages only (on one line).
     max_mb : float
         Size limit in megabytes (10**6 bytes, as Streamlit counts them).
+    max_pixels : int or None, optional
+        Images whose header declares more pixels are refused before decoding.
 
     Returns
     -------
@@ -133,8 +143,11 @@ def decode_upload(data: bytes, name: str, max_mb: float) -> NDArray[np.uint8]:
     Raises
     ------
     ImageReadError
-        Too large, empty, not an image, or truncated; the message names the file.
+        Too large (bytes or pixels), empty, not an image, truncated, a decompression
+        bomb, or anything else that stops decoding; one line that names the file and
+        says what to do.
     """
+    name = " ".join(str(name).split()) or "the upload"
     size_mb = len(data) / 1e6
     if size_mb > max_mb:
         raise ImageReadError(
@@ -142,9 +155,15 @@ def decode_upload(data: bytes, name: str, max_mb: float) -> NDArray[np.uint8]:
             "send a smaller image (or start the demo with a larger --max-upload-mb)"
         )
     try:
-        return read_image(data, max_side=None)
+        return read_image(data, max_side=None, max_pixels=max_pixels)
     except ImageReadError as exc:
         raise ImageReadError(str(exc).replace("<bytes>", name, 1)) from None
+    except Exception as exc:  # the page shows a message, never a traceback
+        logger.warning("cannot decode upload %s", name, exc_info=True)
+        text = " ".join(str(exc).split())[:200]
+        raise ImageReadError(
+            f"cannot read image {name}: {type(exc).__name__}: {text}; upload another image"
+        ) from None
 
 
 def display_copy(image: NDArray[np.uint8], max_side: int) -> tuple[NDArray[np.uint8], float]:

@@ -1,0 +1,234 @@
+"""Reading only regular files, and listing image files with the reasons others are skipped.
+
+Private; the public names are re-exported by :mod:`cvretrieval.io`. Nothing here opens
+anything but a regular file: FIFOs, sockets and devices are refused before any
+``open`` (a FIFO would block until a writer appears), and the file is opened with
+``O_NONBLOCK`` and checked again with ``fstat``, so a path swapped for a FIFO between
+the check and the ``open`` is still refused instead of hanging.
+
+Listing rules (:func:`scan_images`)
+-----------------------------------
+* Names starting with ``.`` (files and folders) are ignored, as are files whose
+  suffix is not an image suffix: neither is reported.
+* A symbolic link to a regular file is followed wherever it points; the path listed
+  is the link's own path.
+* A symbolic link to a folder is not descended into (that is how loops and a second
+  path to the same images are avoided) and is reported as skipped.
+* Broken links and link loops, FIFOs, sockets and devices with an image suffix (or
+  links with no suffix) are reported as skipped with the reason. A folder named like
+  an image (``x.jpg/``) is a folder: it is descended into, never listed as an image.
+* A sub-folder that cannot be read (permission denied) is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["FileProblem", "list_images", "read_regular_file", "scan_images"]
+
+logger = logging.getLogger(__name__)
+
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+class FileProblem(OSError):
+    """A path that is not a readable regular file; ``reason`` is a short phrase for messages."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{shown(path)}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def one_line(err: BaseException) -> str:
+    """``'TypeName: message'`` with all whitespace (newlines included) collapsed."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as text safe for a one-line message: control characters and undecodable
+    bytes are written as escapes (``a\\nb.png``), everything printable is kept."""
+    text = os.fspath(path)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text
+    )
+
+
+def kind_of(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _not_regular(kind: str, what: str) -> str:
+    if kind == "a directory":
+        return f"it is a directory, not {what}; give the path of a file"
+    return f"it is {kind}, not a regular file; only regular files are read: copy it to a file"
+
+
+def _open_error(path: Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "it is a symbolic link loop; fix or remove the link"
+    if err.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return f"it is a broken symbolic link (to {os.readlink(path)}); fix or remove the link"
+        return "file does not exist; check the path"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; check the file's permissions"
+    return one_line(err)
+
+
+def read_regular_file(path: Path, *, what: str = "a file") -> bytes:
+    """All bytes of ``path`` if it is a regular file (links followed), without ever blocking.
+
+    Parameters
+    ----------
+    path : Path
+    what : str
+        What the file should be, for the directory message (``"an image file"``).
+
+    Raises
+    ------
+    FileProblem
+        Missing, a directory, a FIFO/socket/device, a broken link or loop, permission
+        denied, or any other OSError; ``reason`` says which, on one line.
+    """
+    try:
+        kind = kind_of(os.stat(path).st_mode)
+    except OSError as err:
+        raise FileProblem(path, _open_error(path, err)) from None
+    if kind is not None:
+        raise FileProblem(path, _not_regular(kind, what))
+    try:
+        fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in now cannot block us
+    except OSError as err:
+        raise FileProblem(path, _open_error(path, err)) from None
+    with os.fdopen(fd, "rb") as f:
+        kind = kind_of(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise FileProblem(path, _not_regular(kind, what))
+        try:
+            return f.read()
+        except OSError as err:
+            raise FileProblem(path, one_line(err)) from None
+
+
+def normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
+    """Lower-case suffixes with a leading dot."""
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    out = set()
+    for ext in extensions:
+        ext = ext.lower()
+        out.add(ext if ext.startswith(".") else "." + ext)
+    return frozenset(out)
+
+
+_LINKED_FOLDER = "it is a link to a folder, which is not followed: pass that folder itself"
+
+
+def _entry_problem(entry: os.DirEntry[str]) -> str | None:
+    """Why a candidate entry (image suffix) is not a readable regular file, else None."""
+    try:
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except OSError as err:
+        return _open_error(Path(entry.path), err)
+    kind = kind_of(mode)
+    if kind is None:
+        return None
+    if kind == "a directory":
+        return _LINKED_FOLDER if entry.is_symlink() else ""
+    return _not_regular(kind, "an image file")
+
+
+def scan_images(
+    root: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    extensions: Iterable[str],
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``root`` and the entries skipped, with why (see the module notes)."""
+    root = Path(root)
+    suffixes = normalise_extensions(extensions)
+    try:
+        kind = kind_of(os.stat(root).st_mode)
+    except OSError as err:
+        if err.errno == errno.ENOENT and not os.path.islink(root):
+            raise FileNotFoundError(
+                f"cannot list images: {root} does not exist; pass an existing folder or image file"
+            ) from None
+        return [], [(root, _open_error(root, err))]
+    if kind is None:
+        return ([root] if root.suffix.lower() in suffixes else []), []
+    if kind != "a directory":
+        return [], [(root, _not_regular(kind, "an image folder"))]
+
+    found: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, Path, str]] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as err:
+            rel = folder.relative_to(root).as_posix()
+            skipped.append((rel, folder, f"cannot list this folder: {_open_error(folder, err)}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            rel = path.relative_to(root).as_posix()
+            suffix = Path(entry.name).suffix.lower()
+            is_link = entry.is_symlink()
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    pending.append(path)
+                continue
+            is_image_name = suffix in suffixes
+            if not (is_image_name or is_link):
+                continue
+            problem = _entry_problem(entry)
+            if problem is None:
+                if is_image_name:
+                    found.append((rel, path))
+            elif problem == _LINKED_FOLDER:
+                if recursive:
+                    skipped.append((rel, path, problem))
+            elif problem and (is_image_name or suffix == ""):
+                skipped.append((rel, path, problem))
+    found.sort(key=lambda item: item[0])
+    skipped.sort(key=lambda item: item[0])
+    for _, path, reason in skipped:
+        logger.info("skipped %s: %s", path, reason)
+    logger.debug("found %d image files under %s (%d skipped)", len(found), root, len(skipped))
+    return [p for _, p in found], [(p, r) for _, p, r in skipped]
+
+
+def list_images(
+    root: str | os.PathLike[str], *, recursive: bool = True, extensions: Iterable[str]
+) -> list[Path]:
+    """The paths of :func:`scan_images`, without the skipped entries."""
+    return scan_images(root, recursive=recursive, extensions=extensions)[0]
