@@ -32,7 +32,7 @@ from .bundle import build as bb
 from .bundle.segments import segment_name
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, ImageReadError, NotFittedError
-from .io import list_images
+from .io import scan_images
 from .pipeline import Job, Pipeline, SVFeatures, fit_on_sample
 
 logger = logging.getLogger(__name__)
@@ -313,15 +313,26 @@ class Retriever:
                                    ef_search=self.ef_search, random_state=self.random_state,
                                    max_memory=self.max_memory)
 
-    @staticmethod
-    def _as_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    def _as_paths(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+        """The images to embed; a folder is scanned, and the entries it skips (links in a
+        loop, FIFOs, ...) are kept in ``self._unlisted`` to be reported with the run."""
+        self._unlisted: list[dict[str, str]] = []
         if isinstance(images, (str, os.PathLike)):
             root = Path(images)
-            paths = list_images(root) if root.is_dir() else [root]
+            if root.is_dir():
+                paths, skipped = scan_images(root)
+                self._unlisted = [{"path": str(p), "error": why} for p, why in skipped]
+                for entry in self._unlisted:
+                    logger.warning("skipped %s: %s", entry["path"], entry["error"])
+            else:
+                paths = [root]
         else:
             paths = [Path(p) for p in images]
         if not paths:
-            raise ValueError(f"no images to index in {images!s}: the folder holds no image files")
+            why = f" ({len(self._unlisted)} entries skipped: {self._unlisted[0]['error']})" \
+                if self._unlisted else ""
+            raise ValueError(f"no images to index in {images!s}: the folder holds no image "
+                             f"files{why}")
         return paths
 
     def _store_writer(self) -> Any:
@@ -619,6 +630,8 @@ class Retriever:
 
     def _report(self, what: str, n: int, failed: list[dict[str, str]], t0: float,
                 fit_s: float, index_s: float, duplicates: int = 0) -> None:
+        unlisted = getattr(self, "_unlisted", [])
+        n, failed = n + len(unlisted), [*failed, *unlisted]
         self.last_run_ = {
             "operation": what, "images": n, "indexed": n - len(failed), "skipped": len(failed),
             "duplicates": duplicates, "failed": failed[:1000], "total_indexed": len(self),

@@ -240,3 +240,17 @@ def test_dask_remote_scheduler_with_two_workers(photos, tmp_path):
     d = Retriever.load(tmp_path / "d")
     assert _results(a, photos[:6]) == _results(d, photos[:6])
     assert os.environ.get("CVRET_SCHEDULER") is None
+
+
+def test_index_counts_and_lists_entries_it_cannot_read(tmp_path):
+    """A FIFO and a link loop inside the folder are reported, not silently dropped."""
+    folder = tmp_path / "imgs"
+    _write_images(folder, range(4))
+    os.mkfifo(folder / "pipe.jpg")
+    os.symlink(folder / "loop.jpg", folder / "loop.jpg")
+    r = cli_run("index", folder, "-o", tmp_path / "b", "--features", "hog", "--n-jobs", "1",
+                "--json", "-")
+    run = json.loads(r.stdout)
+    assert (run["images"], run["indexed"], run["skipped"]) == (6, 4, 2)
+    reasons = {Path(f["path"]).name: f["error"] for f in run["failed"]}
+    assert "FIFO" in reasons["pipe.jpg"] and "loop" in reasons["loop.jpg"]

@@ -82,8 +82,8 @@ def write_segments(
         no_feats = (item.error is None and has_features is not None
                     and not has_features(item.value))
         if item.error is not None or no_feats:
-            if item.error is not None:
-                failures.append({"path": path, "error": item.error})
+            failures.append({"path": path, "error": item.error or
+                             "no features found in the image: it is not indexed"})
             pending.append(entry_for(item, path, cid, None, no_feats))
             if len(pending) >= 10_000 and writer is None:
                 catalog.insert(pending)

@@ -26,6 +26,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr,
                         force=True)
+    logging.captureWarnings(True)  # library warnings (Pillow's) as one-line log records
 
 
 def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
