@@ -346,9 +346,11 @@ class Retriever:
                                             descriptors="none" if words else "auto",
                                             words=words, meta=sv.config())
 
-    def _has_features(self) -> Any:
-        test = getattr(self.embedder, "has_features", None)
-        return test if callable(test) else None
+    @staticmethod
+    def _has_features(vector: Any) -> bool:
+        """An image whose vector is all zero had nothing to describe it (no key points,
+        no visual word): it is catalogued as ``nofeatures``, not indexed."""
+        return not _is_zero(vector)
 
     # --- building -----------------------------------------------------------------------
     def fit(self, images: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -451,7 +453,7 @@ class Retriever:
             return bb.write_segments(
                 lambda: w.new_segment(sparse=sparse, dim=self._vector_dim()), catalog,
                 ordered(), [str(p.resolve()) for p in paths], first_id,
-                store=self._store_writer(), has_features=self._has_features())
+                store=self._store_writer(), has_features=self._has_features)
 
     def _vector_dim(self) -> int:
         return self.dim if not self.sparse else int(self.embedder.dim)
@@ -744,7 +746,6 @@ class Retriever:
         n_jobs = self.n_jobs if len(tasks) > 16 else 1
         errors = [""] * len(queries)
         vectors: dict[int, Any] = {}
-        has = self._has_features()
         for it in self._pipeline(n_jobs).map(self._job("encode"), tasks, progress=progress,
                                              desc="queries"):
             if it.error is not None:
@@ -756,10 +757,11 @@ class Retriever:
             rows = self.bundle_.rows(np.array([stored[q] for q in order], np.int64))
             for r, qi in enumerate(order):
                 vectors[qi] = rows[r]
-        if has is not None:
-            for qi in [q for q in vectors if q not in stored]:
-                if _is_zero(vectors[qi]):
-                    logger.warning("query %d has no features: its results are arbitrary", qi)
+        for qi in [q for q in vectors if q not in stored]:
+            if not self._has_features(vectors[qi]):
+                name = queries[qi] if isinstance(queries[qi], (str, os.PathLike)) else qi
+                logger.warning("query %s has no features (too small or too plain for %s): its "
+                               "results are arbitrary", name, self.embedder.name)
         rows_out = sorted(vectors)
         return self._stack([vectors[i] for i in rows_out]), rows_out, errors
 

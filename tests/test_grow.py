@@ -254,3 +254,31 @@ def test_index_counts_and_lists_entries_it_cannot_read(tmp_path):
     assert (run["images"], run["indexed"], run["skipped"]) == (6, 4, 2)
     reasons = {Path(f["path"]).name: f["error"] for f in run["failed"]}
     assert "FIFO" in reasons["pipe.jpg"] and "loop" in reasons["loop.jpg"]
+
+
+def test_tiny_image_is_catalogued_without_features_and_query_warns(tmp_path, caplog):
+    import cv2
+
+    from cvretrieval.embedders import make_embedder
+
+    paths = _write_images(tmp_path / "imgs", range(5), size=(240, 320))
+    tiny = tmp_path / "imgs" / "tiny.png"
+    cv2.imwrite(str(tiny), np.full((3, 3, 3), 128, np.uint8))
+    emb = make_embedder("bovw-orb", n_words=8)
+    ret = Retriever(emb, n_jobs=1).build([*paths, tiny], output=tmp_path / "b")
+    assert len(ret) == 5 and ret.last_run_["skipped"] == 1
+    assert "no features" in ret.last_run_["failed"][0]["error"]
+    assert ret.catalog.ids_with_status("nofeatures").tolist() == [5]
+    with caplog.at_level("WARNING"):
+        ret.search(tiny, k=3)
+    assert "has no features" in caplog.text
+
+
+def test_duplicate_ids_in_a_segment_are_refused(tmp_path):
+    from cvretrieval.errors import BundleError
+
+    paths = _write_images(tmp_path / "imgs", range(4))
+    Retriever("hog", n_jobs=1).build(paths, output=tmp_path / "b")
+    np.save(tmp_path / "b" / "segments" / "000001" / "ids.npy", np.array([0, 1, 1, 3]))
+    with pytest.raises(BundleError, match="repeated"):
+        Retriever.load(tmp_path / "b").rows([0])

@@ -106,6 +106,8 @@ class Segment:
             if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != self.n:
                 raise self._fail(IDS_FILE, f"holds {ids.dtype} {ids.shape}, expected int64 "
                                  f"({self.n},)")
+            if self.n and np.any(np.diff(ids) <= 0):
+                raise self._fail(IDS_FILE, "holds repeated or unsorted ids")
             self._ids = np.asarray(ids)
         return self._ids
 
