@@ -25,6 +25,7 @@ References
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,8 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ._json import atomic_write, read_json_manifest, write_json_atomic
-from .errors import BundleError, NotFittedError
+from ._json import atomic_write, check_format_version, read_json_manifest, write_json_atomic
+from .errors import BundleError
 
 __all__ = ["SparseIndex", "power_normalize"]
 
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MATRIX_FILE = "sparse_vectors.npz"
 META_FILE = "sparseindex.json"
+IDS_FILE = "sparse_ids.npy"
+#: ``search`` returns ``min(k, max(ntotal, MAX_PADDED_K))`` columns (as ``Index.search``).
+MAX_PADDED_K = 1024
 
 
 def _as_csr(x: Any, n_words: int | None, name: str) -> sp.csr_matrix:
@@ -97,8 +101,28 @@ def power_normalize(x: Any, alpha: float = 0.5) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags((1.0 / norms).astype(np.float32)) @ m, dtype=np.float32)
 
 
+def _as_ids(ids: Any, n: int | None) -> NDArray[np.int64]:
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ids must be a 1-D integer array, got {arr.dtype} shape {arr.shape}")
+    if n is not None and arr.size != n:
+        raise ValueError(f"ids has {arr.size} entries but there are {n} rows: give one id each")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    if out.size and out.min() < 0:
+        raise ValueError(f"ids must be >= 0 (-1 marks a missing result), got {int(out.min())}")
+    return out
+
+
 class SparseIndex:
     """Exact inner-product search over sparse vectors through an inverted file.
+
+    Implements the protocol of :class:`cvretrieval.index.Index` (``train``,
+    ``add_with_ids``, ``remove_ids``, ``search`` returning ids, ``empty_copy``,
+    ``merge_from``, ``save``/``load``, ``memory_bytes``) on CSR rows.
 
     Parameters
     ----------
@@ -111,24 +135,30 @@ class SparseIndex:
     Attributes
     ----------
     xb_ : (ntotal, n_words) scipy.sparse.csr_matrix of float32
-        The indexed vectors, row = id (order of :meth:`add`).
+        The indexed vectors, in the order they were added.
+    ids_ : (ntotal,) int64 ndarray
+        The id of each row of ``xb_``.
 
     Examples
     --------
     >>> xb = np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 0, 1]], np.float32)
     >>> index = SparseIndex(4)
-    >>> index.add(xb)
+    >>> index.add_with_ids(xb, [10, 11, 12])
     >>> D, I = index.search(np.array([[0.8, 0.6, 0, 0]], np.float32), k=3)
-    >>> I.tolist(), [round(float(v), 2) for v in D[0]]   # image 2 shares no word: -1
-    ([[1, 0, -1]], [0.96, 0.8, -inf])
+    >>> I.tolist(), [round(float(v), 2) for v in D[0]]   # image 12 shares no word: -1
+    ([[11, 10, -1]], [0.96, 0.8, -inf])
+    >>> index.remove_ids([11]), index.search(xb[1], k=1)[1].tolist()
+    (1, [[10]])
     """
 
     def __init__(self, n_words: int, *, query_batch: int = 256) -> None:
         self.n_words = n_words
         self.query_batch = query_batch
         self.xb_: sp.csr_matrix | None = None
+        self.ids_: NDArray[np.int64] = np.zeros(0, np.int64)
+        self.next_id_ = 0
         self._inverted: sp.csr_matrix | None = None
-        self._pending: list[sp.csr_matrix] = []
+        self._pending: list[tuple[sp.csr_matrix, NDArray[np.int64]]] = []
 
     # ------------------------------------------------------------------ state
     def _check_params(self) -> int:
@@ -141,8 +171,9 @@ class SparseIndex:
 
     def _consolidate(self) -> sp.csr_matrix:
         if self._pending:
-            parts = ([self.xb_] if self.xb_ is not None else []) + self._pending
+            parts = ([self.xb_] if self.xb_ is not None else []) + [m for m, _ in self._pending]
             self.xb_ = sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
+            self.ids_ = np.concatenate([self.ids_] + [i for _, i in self._pending])
             self._pending = []
             self._inverted = None
         if self.xb_ is None:
@@ -152,7 +183,7 @@ class SparseIndex:
     @property
     def ntotal(self) -> int:
         n = self.xb_.shape[0] if self.xb_ is not None else 0
-        return int(n + sum(p.shape[0] for p in self._pending))
+        return int(n + sum(m.shape[0] for m, _ in self._pending))
 
     def __len__(self) -> int:
         return self.ntotal
@@ -163,6 +194,12 @@ class SparseIndex:
 
     @property
     def higher_is_better(self) -> bool:
+        return True
+
+    @property
+    def is_trained(self) -> bool:
+        """Always True for valid parameters: an inverted file needs no training."""
+        self._check_params()
         return True
 
     @property
@@ -181,6 +218,16 @@ class SparseIndex:
         inv = self.inverted_
         return int(sum(a.nbytes for m in (xb, inv) for a in (m.data, m.indices, m.indptr)))
 
+    def memory_bytes(self) -> int:
+        """Bytes of the vectors, their ids and the inverted file (estimated if not built yet)."""
+        xb = self._consolidate()
+        own = sum(a.nbytes for a in (xb.data, xb.indices, xb.indptr)) + self.ids_.nbytes
+        if self._inverted is not None:
+            inv = self._inverted
+            return int(own + sum(a.nbytes for a in (inv.data, inv.indices, inv.indptr)))
+        per_nnz = xb.data.itemsize + xb.indices.itemsize
+        return int(own + xb.nnz * per_nnz + (int(self.n_words) + 1) * xb.indptr.itemsize)
+
     def config(self) -> dict[str, Any]:
         return {
             "type": "sparse-inverted-file",
@@ -193,31 +240,105 @@ class SparseIndex:
         return f"SparseIndex(n_words={self.n_words}, ntotal={self.ntotal})"
 
     # ------------------------------------------------------------------ building
-    def add(self, xb: Any) -> None:
-        """Append vectors; their ids continue from :attr:`ntotal`.
+    def train(self, xb_sample: Any = None, n_total: int | None = None) -> SparseIndex:
+        """Nothing to learn (protocol compatibility); checks the parameters, returns ``self``."""
+        self._check_params()
+        return self
+
+    def needs_retrain(self, n_total: int) -> bool:
+        """Always False: an inverted file fits any number of rows."""
+        return False
+
+    def add_with_ids(self, xb: Any, ids: Any) -> None:
+        """Append rows under the given non-negative, distinct ids.
 
         Parameters
         ----------
         xb : (n, n_words) sparse matrix or ndarray
             Usually L2-normalised TF-IDF rows (:func:`cvretrieval.features.bovw.tfidf`),
             so that scores are cosine similarities.
+        ids : (n,) array_like of int
         """
         n_words = self._check_params()
         m = _as_csr(xb, n_words, "xb")
-        if m.shape[0]:
-            self._pending.append(m)
-            self._inverted = None
+        ids64 = _as_ids(ids, m.shape[0])
+        if not m.shape[0]:
+            return
+        if np.unique(ids64).size != ids64.size:
+            raise ValueError("ids has repeated values: every row needs its own id")
+        self._pending.append((m, ids64))
+        self._inverted = None
+        self.next_id_ = max(self.next_id_, int(ids64.max()) + 1)
+
+    def add(self, xb: Any) -> None:
+        """Append rows; their ids continue from the largest id so far."""
+        n_words = self._check_params()
+        m = _as_csr(xb, n_words, "xb")
+        self.add_with_ids(m, np.arange(self.next_id_, self.next_id_ + m.shape[0]))
 
     def build(self, xb: Any) -> SparseIndex:
-        """Replace the content by ``xb``; returns ``self``."""
+        """Replace the content by ``xb`` (ids ``0..n-1``); returns ``self``."""
         self.xb_, self._inverted, self._pending = None, None, []
+        self.ids_, self.next_id_ = np.zeros(0, np.int64), 0
         self.add(xb)
         self._consolidate()
         return self
 
+    def remove_ids(self, ids: Any) -> int:
+        """Drop the rows with these ids; returns how many were removed (unknown ids ignored)."""
+        self._consolidate()
+        gone = np.isin(self.ids_, _as_ids(ids, None))
+        count = int(gone.sum())
+        if count:
+            keep = np.flatnonzero(~gone)
+            self.xb_ = sp.csr_matrix(self.xb_[keep], dtype=np.float32)
+            self.ids_ = self.ids_[keep]
+            self._inverted = None
+        return count
+
+    def ids(self) -> NDArray[np.int64]:
+        """The ids of the indexed rows, increasing."""
+        self._consolidate()
+        return np.sort(self.ids_)
+
+    def rows(self, ids: Any) -> sp.csr_matrix:
+        """The stored rows of ``ids``, in that order: ``(len(ids), n_words)`` CSR float32.
+
+        Raises
+        ------
+        KeyError
+            One line naming the first id the index does not hold.
+        """
+        xb = self._consolidate()
+        want = _as_ids(ids, None)
+        order = np.argsort(self.ids_, kind="stable")
+        sorted_ids = self.ids_[order]
+        pos = np.minimum(np.searchsorted(sorted_ids, want), max(sorted_ids.size - 1, 0))
+        missing = np.ones(want.size, bool) if not sorted_ids.size else sorted_ids[pos] != want
+        if missing.any():
+            raise KeyError(f"id {int(want[missing][0])} is not in this sparse index")
+        return sp.csr_matrix(xb[order[pos]] if want.size else xb[:0], dtype=np.float32)
+
+    def empty_copy(self) -> SparseIndex:
+        """An empty index with the same parameters (a per-segment shard)."""
+        return SparseIndex(self.n_words, query_batch=self.query_batch)
+
+    def merge_from(self, shard: SparseIndex, *, consume: bool = False) -> None:
+        """Append the rows and ids of ``shard`` (left as it is unless ``consume``)."""
+        if not isinstance(shard, SparseIndex) or int(shard.n_words) != int(self.n_words):
+            raise ValueError(
+                f"cannot merge {shard!r} into {self!r}: shards must be SparseIndex objects "
+                "with the same n_words (make them with empty_copy())"
+            )
+        xb = shard._consolidate()
+        if xb.shape[0]:
+            self.add_with_ids(xb, shard.ids_)
+        if consume:
+            shard.build(sp.csr_matrix((0, int(shard.n_words)), dtype=np.float32))
+
     # ------------------------------------------------------------------ search
     def scores(self, xq: Any) -> sp.csr_matrix:
-        """All non-zero scores: ``(n_queries, ntotal)`` CSR ``xq @ xb.T`` via the inverted file."""
+        """All non-zero scores: ``(n_queries, ntotal)`` CSR ``xq @ xb.T`` (column = row of xb_)."""
         n_words = self._check_params()
         q = _as_csr(xq, n_words, "xq")
         return sp.csr_matrix(q @ self.inverted_)
@@ -232,27 +353,25 @@ class SparseIndex:
 
         Returns
         -------
-        D : (m, k) float32 ndarray
+        D : (m, k') float32 ndarray
             Inner products, decreasing; ``-inf`` where missing.
-        I : (m, k) int64 ndarray
-            Ids; ``-1`` where fewer than ``k`` images share a word with the query (their
-            score would be 0). Equal scores are ordered by increasing id.
-
-        Raises
-        ------
-        NotFittedError
-            The index is empty.
+            ``k' = min(k, max(ntotal, 1024))`` as for :meth:`Index.search`.
+        I : (m, k') int64 ndarray
+            Ids; ``-1`` where fewer than ``k`` rows share a word with the query (their
+            score would be 0), or the index is empty. Equal scores keep insertion order.
         """
         n_words = self._check_params()
+        if isinstance(k, bool) or int(k) != k or int(k) < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be a positive integer, got {k}")
-        if self.ntotal == 0:
-            raise NotFittedError("the sparse index holds no vectors: add vectors before searching")
         q = _as_csr(xq, n_words, "xq")
         m = q.shape[0]
-        D = np.full((m, k), -np.inf, np.float32)
-        I = np.full((m, k), -1, np.int64)  # noqa: E741 - Faiss's name
+        k_out = min(k, max(self.ntotal, MAX_PADDED_K))
+        D = np.full((m, k_out), -np.inf, np.float32)
+        I = np.full((m, k_out), -1, np.int64)  # noqa: E741 - Faiss's name
+        if self.ntotal == 0:
+            return D, I
+        k = min(k, self.ntotal)
         inv = self.inverted_
         step = int(self.query_batch)
         for lo in range(0, m, step):
@@ -262,42 +381,77 @@ class SparseIndex:
                 a, b = s.indptr[r], s.indptr[r + 1]
                 if a == b:
                     continue
-                vals, ids = s.data[a:b], s.indices[a:b]
+                vals, pos = s.data[a:b], s.indices[a:b]
                 if b - a > k:
                     part = np.argpartition(-vals, k - 1)[:k]
-                    # include every id tied with the k-th score so ties break by id
+                    # include every row tied with the k-th score so ties break by position
                     kth = vals[part].min()
                     part = np.flatnonzero(vals >= kth)
-                    vals, ids = vals[part], ids[part]
-                order = np.lexsort((ids, -vals))[:k]
+                    vals, pos = vals[part], pos[part]
+                order = np.lexsort((pos, -vals))[:k]
                 D[lo + r, : order.size] = vals[order]
-                I[lo + r, : order.size] = ids[order]
+                I[lo + r, : order.size] = self.ids_[pos[order]]
         return D, I
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``sparse_vectors.npz`` (``scipy.sparse.save_npz``) and ``sparseindex.json``.
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to ONE ``.npz`` file (CSR arrays, ids, JSON configuration).
 
-        The inverted file is not written: it is rebuilt (one transpose) on load.
+        An existing directory, or a path without a suffix, receives the older
+        pair ``sparse_vectors.npz`` + ``sparseindex.json`` (plus ``sparse_ids.npy``
+        when the ids are not ``0..n-1``). The inverted file is not written: it is
+        rebuilt (one transpose) on load.
         """
         xb = self._consolidate()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / MATRIX_FILE, lambda f: sp.save_npz(f, xb, compressed=False))
-        doc = {"format_version": FORMAT_VERSION, **self.config(), "nnz": int(xb.nnz)}
-        write_json_atomic(directory / META_FILE, doc)
+        path = Path(path)
+        doc = {"format_version": FORMAT_VERSION, **self.config(), "nnz": int(xb.nnz),
+               "next_id": int(self.next_id_)}
+        if path.is_dir() or (not path.exists() and not path.suffix):
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write(path / MATRIX_FILE, lambda f: sp.save_npz(f, xb, compressed=False))
+            if not np.array_equal(self.ids_, np.arange(self.ids_.size)):
+                atomic_write(path / IDS_FILE, lambda f: np.save(f, self.ids_))
+            elif (path / IDS_FILE).exists():
+                (path / IDS_FILE).unlink()
+            write_json_atomic(path / META_FILE, doc)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = np.frombuffer(json.dumps(doc).encode("utf-8"), np.uint8)
+        arrays = {"data": xb.data, "indices": xb.indices, "indptr": xb.indptr,
+                  "ids": self.ids_, "meta": meta}
+        atomic_write(path, lambda f: np.savez(f, **arrays), fsync=True)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> SparseIndex:
-        """Read an index written by :meth:`save`.
+    def load(cls, path: str | os.PathLike[str]) -> SparseIndex:
+        """Read an index written by :meth:`save` (a file, or a folder of the older format).
 
         Raises
         ------
         BundleError
             Missing or unreadable files, another format version, or a matrix whose
-            shape disagrees with ``sparseindex.json``.
+            shape disagrees with the stored configuration.
         """
-        directory = Path(directory)
+        path = Path(path)
+        if path.is_dir() or (not path.exists() and not path.suffix):
+            return cls._load_folder(path)
+        if not path.is_file():
+            raise BundleError(f"{path} is missing: give a file written by SparseIndex.save")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                doc = json.loads(bytes(z["meta"]).decode("utf-8"))
+                arrays = {key: z[key] for key in ("data", "indices", "indptr", "ids")}
+            if not isinstance(doc, dict):
+                raise ValueError("meta is not a JSON object")
+            shape = (int(doc["ntotal"]), int(doc["n_words"]))
+            xb = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape)
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise BundleError(f"{path} is not a SparseIndex file ({why}): re-save it") from None
+        check_format_version(doc, path, FORMAT_VERSION, hint="re-save the index")
+        return cls._restore(doc, xb, arrays["ids"], path)
+
+    @classmethod
+    def _load_folder(cls, directory: Path) -> SparseIndex:
         meta_path, npz_path = directory / META_FILE, directory / MATRIX_FILE
         for path in (meta_path, npz_path):
             if not path.is_file():
@@ -305,11 +459,22 @@ class SparseIndex:
         doc = read_json_manifest(meta_path, format_version=FORMAT_VERSION)
         try:
             xb = sp.load_npz(npz_path)
+            ids_path = directory / IDS_FILE
+            ids = np.load(ids_path, allow_pickle=False) if ids_path.is_file() else None
         except (OSError, ValueError) as exc:
             raise BundleError(f"{npz_path} cannot be read ({exc})") from None
+        return cls._restore(doc, xb, ids, npz_path)
+
+    @classmethod
+    def _restore(cls, doc: dict[str, Any], xb: Any, ids: Any, path: Path) -> SparseIndex:
         want = (doc.get("ntotal"), doc.get("n_words"))
         if tuple(xb.shape) != want:
-            raise BundleError(f"{npz_path} holds a {xb.shape} matrix but {META_FILE} says {want}")
+            raise BundleError(f"{path} holds a {xb.shape} matrix but its metadata says {want}")
+        ids = np.arange(xb.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        if ids.shape != (xb.shape[0],):
+            raise BundleError(f"{path} holds {ids.size} ids for {xb.shape[0]} rows: re-save it")
         index = cls(int(doc["n_words"]))
         index.xb_ = sp.csr_matrix(xb, dtype=np.float32)
+        index.ids_ = ids
+        index.next_id_ = int(doc.get("next_id", int(ids.max()) + 1 if ids.size else 0))
         return index

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cvretrieval.errors import BundleError, NotFittedError
+from cvretrieval.errors import BundleError
 from cvretrieval.features import bovw
 from cvretrieval.features.assign import ApproximateAssigner
 from cvretrieval.sparse import SparseIndex, power_normalize
@@ -87,8 +87,10 @@ def test_incremental_add_and_save_load_round_trip(tmp_path):
 
 def test_sparse_index_errors(tmp_path):
     index = SparseIndex(10)
-    with pytest.raises(NotFittedError):
-        index.search(np.zeros((1, 10)), 3)
+    D, I = index.search(np.zeros((1, 10)), 3)  # noqa: E741 - empty: all padding
+    assert I.tolist() == [[-1, -1, -1]] and np.isneginf(D).all()
+    with pytest.raises(ValueError, match="k must"):
+        index.search(np.zeros((1, 10)), 0)
     with pytest.raises(ValueError, match="11 columns but the index has 10 words"):
         index.add(np.zeros((2, 11)))
     with pytest.raises(BundleError, match="missing"):
@@ -161,3 +163,77 @@ def test_flat_assigner_is_exact_and_checks_inputs():
         ApproximateAssigner(centers, "kdtree").fit()
     with pytest.raises(ValueError, match=r"shape \(n, 8\)"):
         ApproximateAssigner(centers).assign(np.zeros((3, 9), np.float32))
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def _tfidf(n, n_words=50, seed=0):
+    return bovw.tfidf(random_bovw(n, n_words, 12, seed), np.ones(n_words, np.float32))
+
+
+def test_sparse_add_with_ids_remove_and_rows():
+    xb = _tfidf(200)
+    ids = np.random.default_rng(0).choice(10**9, 200, replace=False)
+    index = SparseIndex(50).train()
+    assert index.is_trained and not index.needs_retrain(10**9)
+    index.add_with_ids(xb[:120], ids[:120])
+    index.add_with_ids(xb[120:], ids[120:])
+    _, I = index.search(xb[:30], 5)  # noqa: E741
+    assert I[:, 0].tolist() == ids[:30].tolist()  # each row is its own best match
+    gone = ids[:200:2]
+    assert index.remove_ids(np.concatenate([gone, [3, 4]])) == 100
+    assert index.remove_ids(gone) == 0 and index.ntotal == 100
+    _, I = index.search(xb[:200:2], 10)  # noqa: E741 - the removed rows as queries
+    assert not np.isin(I, gone).any() and (I >= 0).any()
+    # rows: public access to the stored vectors, in the asked order
+    got = index.rows(ids[[5, 3, 199]])
+    np.testing.assert_array_equal(got.toarray(), xb[[5, 3, 199]].toarray())
+    with pytest.raises(KeyError, match=str(ids[0])):
+        index.rows([ids[0]])
+    assert index.rows([]).shape == (0, 50)
+    with pytest.raises(ValueError, match="repeated"):
+        index.add_with_ids(xb[:2], [7, 7])
+
+
+def test_sparse_shards_merge_to_the_same_results(tmp_path):
+    xb, xq = _tfidf(300, seed=1), _tfidf(20, seed=2)
+    ids = np.arange(300) * 3 + 1
+    whole = SparseIndex(50)
+    whole.add_with_ids(xb, ids)
+    merged = whole.empty_copy()
+    shards = []
+    for part in np.array_split(np.arange(300), 3):
+        shard = merged.empty_copy()
+        shard.add_with_ids(xb[part], ids[part])
+        shards.append(shard)
+    for shard in shards:
+        merged.merge_from(shard)
+    assert merged.ntotal == 300 and shards[0].ntotal == 100
+    D1, I1 = whole.search(xq, 10)  # noqa: E741
+    D2, I2 = merged.search(xq, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    with pytest.raises(ValueError, match="same n_words"):
+        merged.merge_from(SparseIndex(51))
+    # one-file round trip keeps ids and removals
+    merged.remove_ids(ids[:10])
+    merged.save(tmp_path / "s.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]
+    loaded = SparseIndex.load(tmp_path / "s.npz")
+    D3, I3 = loaded.search(xq, 10)
+    np.testing.assert_array_equal(merged.search(xq, 10)[1], I3)
+    np.testing.assert_array_equal(merged.search(xq, 10)[0], D3)
+    assert loaded.memory_bytes() == merged.memory_bytes() > 0
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(BundleError, match="bad.npz"):
+        SparseIndex.load(tmp_path / "bad.npz")
+    # the folder format keeps non-sequential ids too
+    merged.save(tmp_path / "folder")
+    np.testing.assert_array_equal(SparseIndex.load(tmp_path / "folder").search(xq, 10)[1], I3)
+
+
+def test_sparse_huge_k_is_capped():
+    index = SparseIndex(50).build(_tfidf(40))
+    D, I = index.search(_tfidf(2, seed=5), 10**10)  # noqa: E741
+    assert I.shape == (2, 1024) and (I[:, 40:] == -1).all()

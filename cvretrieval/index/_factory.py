@@ -1,0 +1,379 @@
+"""Factory strings: the presets, ``auto`` (chosen by size and memory budget), size parsing.
+
+Pure functions of ``(n, d, metric, max_memory)``: nothing here builds an index,
+so ``auto``'s choice and its memory estimate are known before any work is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from numbers import Integral
+from typing import Any
+
+from ._faiss import check_positive_int, make_faiss_index
+
+__all__ = [
+    "PRESETS",
+    "choose_index",
+    "default_nprobe",
+    "estimate_memory",
+    "format_size",
+    "parse_size",
+    "preset_nlist",
+    "resolve_factory",
+]
+
+logger = logging.getLogger(__name__)
+
+PRESETS: tuple[str, ...] = ("flat", "ivf", "lsh", "pq", "hnsw", "auto")
+
+#: From this many vectors the ``pq`` preset becomes ``IVF{nlist},PQ{m}``.
+PQ_IVF_THRESHOLD = 100_000
+#: Faiss warns below this many training points per k-means centroid.
+MIN_POINTS_PER_CENTROID = 39
+MAX_NLIST = 65536
+MAX_LSH_BITS = 4096
+
+# ---- auto's thresholds (measured by benchmarks/index_sweep.py, see docs/notes/index.md)
+#: Exact search while n is at most this (one query scans n*d floats; ~2 ms on one core).
+AUTO_FLAT_MAX_N = 50_000
+#: HNSW neighbours per node.
+AUTO_HNSW_M = 32
+#: efSearch that reached recall@10 >= 0.95 in the sweep.
+AUTO_EF_SEARCH = 64
+#: Fraction of the lists an auto-chosen IVF index probes (at least AUTO_MIN_NPROBE).
+AUTO_NPROBE_FRACTION = 1 / 32
+AUTO_MIN_NPROBE = 16
+#: Below this many sub-vector dimensions per PQ byte, OPQ's rotation is skipped.
+AUTO_OPQ_MIN_DSUB = 4
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a memory size: ``"4G"``, ``"500M"``, ``"1.5GB"``, ``"2GiB"``, ``"100k"``, an int.
+
+    Units are binary (``K`` = 1024, ``M`` = 1024**2, ``G`` = 1024**3, ``T`` =
+    1024**4) with or without a trailing ``B``/``iB``; a bare number is bytes.
+
+    Raises
+    ------
+    ValueError
+        One line naming the value, for anything else (negative, empty, unknown unit).
+
+    Examples
+    --------
+    >>> parse_size("4G"), parse_size("500M"), parse_size("1.5GB"), parse_size(2048)
+    (4294967296, 524288000, 1610612736, 2048)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid memory size {value!r}: use a number of bytes or e.g. 4G, 500M")
+    if isinstance(value, Integral):
+        if value <= 0:
+            raise ValueError(f"memory size must be positive, got {value}")
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value > 0:
+        return int(value)
+    text = str(value).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([kmgt]?)(i?b)?", text)
+    if not m or (m.group(3) == "ib" and not m.group(2)):
+        raise ValueError(
+            f"invalid memory size {value!r}: use a number of bytes or a number with a unit "
+            "K, M, G or T (binary), e.g. 4G, 500M, 1.5GB"
+        )
+    size = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if size <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return size
+
+
+def format_size(n_bytes: float) -> str:
+    """``1536`` -> ``'1.5 KiB'`` (for log messages)."""
+    size = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_nlist(n: int) -> int:
+    """Number of inverted lists the ``ivf`` preset uses for ``n`` vectors.
+
+    ``round(4 * sqrt(n))`` clamped to ``[1, max(1, n // 39)]`` and to at most
+    65536, so that every k-means centroid gets at least 39 training points.
+
+    Examples
+    --------
+    >>> preset_nlist(50), preset_nlist(5000), preset_nlist(1_000_000)
+    (1, 128, 4000)
+    """
+    if n < 2:
+        return 1
+    nlist = int(round(4.0 * math.sqrt(n)))
+    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID, MAX_NLIST))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Default number of inverted lists visited per query by the ``ivf``/``pq`` presets.
+
+    ``min(nlist, max(8, round(nlist / 8)), 64)``: about an eighth of the lists,
+    at least 8 (high recall on small indexes), at most 64 (bounded cost on
+    large ones).
+
+    Examples
+    --------
+    >>> default_nprobe(1), default_nprobe(128), default_nprobe(4000)
+    (1, 16, 64)
+    """
+    return int(max(1, min(nlist, max(8, round(nlist / 8)), 64)))
+
+
+def auto_nprobe(nlist: int) -> int:
+    """``nprobe`` of an index chosen by ``auto``: ``max(16, nlist / 32)``, at most ``nlist``.
+
+    Measured in the sweep to reach recall@10 >= 0.95 for IVF-Flat with
+    ``nlist ~ 4 sqrt(n)`` (see ``docs/notes/index.md``).
+    """
+    return int(max(1, min(nlist, max(AUTO_MIN_NPROBE, round(nlist * AUTO_NPROBE_FRACTION)))))
+
+
+def pq_m(d: int, limit: int | None = None) -> int:
+    """Largest divisor of ``d`` at most ``limit`` (default ``max(1, d // 4)``, at most 64)."""
+    limit = max(1, min(d // 4, 64)) if limit is None else max(1, min(limit, d))
+    for m in range(limit, 0, -1):
+        if d % m == 0:
+            return m
+    return 1  # pragma: no cover - 1 always divides d
+
+
+def pq_nbits(n: int) -> int:
+    """Bits per PQ code: ``clamp(floor(log2 n), 1, 8)`` so that ``2**nbits <= n``."""
+    return int(max(1, min(8, math.floor(math.log2(max(n, 2))))))
+
+
+def resolve_factory(spec: str, n: int, d: int, *, n_train: int | None = None) -> str:
+    """Turn a preset name or a Faiss factory string into a factory string.
+
+    Parameters
+    ----------
+    spec : str
+        One of :data:`PRESETS` except ``auto`` (case-insensitive; see
+        :func:`choose_index` for ``auto``) or a Faiss factory string.
+    n : int
+        Number of vectors the index is meant for (presets adapt to it).
+    d : int
+        Dimension of the vectors.
+    n_train : int, optional
+        Number of training vectors at hand (default ``n``): ``nlist`` and PQ
+        bits are also capped so that they can be trained on that many.
+
+    Returns
+    -------
+    str
+        A string :func:`faiss.index_factory` accepts.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` or ``d`` is not positive, or ``spec`` is neither a preset nor a
+        factory string Faiss can parse.
+
+    Examples
+    --------
+    >>> resolve_factory("ivf", 5000, 128)
+    'IVF128,Flat'
+    >>> resolve_factory("pq", 50, 32)
+    'PQ8x5np'
+    >>> resolve_factory("lsh", 1000, 64)
+    'LSH128rt'
+    >>> resolve_factory("IVF64,PQ16", 10_000, 128)
+    'IVF64,PQ16'
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(
+            f"index spec must be a non-empty string, got {spec!r}: use one of the presets "
+            f"{', '.join(PRESETS)} or a Faiss factory string"
+        )
+    n = check_positive_int(n, "n (number of vectors)")
+    d = check_positive_int(d, "d (dimension)")
+    n_train = n if n_train is None else min(n, check_positive_int(n_train, "n_train"))
+    nlist = min(preset_nlist(n), max(1, n_train // MIN_POINTS_PER_CENTROID))
+    key = spec.strip().lower()
+    if key == "auto":
+        return choose_index(n, d)[0]
+    if key == "flat":
+        return "Flat"
+    if key == "ivf":
+        return f"IVF{nlist},Flat"
+    if key == "pq":
+        m = pq_m(d)
+        if n >= PQ_IVF_THRESHOLD and n_train >= 256:
+            return f"IVF{nlist},PQ{m}np"
+        return f"PQ{m}x{pq_nbits(n_train)}np"
+    if key == "lsh":
+        return f"LSH{min(2 * d, MAX_LSH_BITS)}rt"
+    if key == "hnsw":
+        return "HNSW32"
+    factory = spec.strip()
+    make_faiss_index(factory, d, "l2", spec, PRESETS)  # validate: ValueError naming the spec
+    return factory
+
+
+# --------------------------------------------------------------------------- auto
+
+
+def estimate_memory(factory: str, n: int, d: int, metric: str = "l2") -> int:
+    """Bytes an index built from ``factory`` takes for ``n`` vectors of dimension ``d``.
+
+    An estimate made before building (the formulas of Faiss's storage: codes,
+    8-byte ids, the HNSW graph, coarse centroids, PQ/OPQ tables), for the
+    factory strings :func:`choose_index` and the presets produce; other
+    strings are estimated as ``Flat``. :meth:`Index.memory_bytes` measures the
+    built index and agrees within a few percent (tested).
+
+    Examples
+    --------
+    >>> estimate_memory("Flat", 1000, 128)
+    520000
+    """
+    ids = 8 * n
+    hnsw = re.fullmatch(r"HNSW(\d+)(?:,Flat)?", factory)
+    if hnsw:
+        m = int(hnsw.group(1))
+        # level 0 keeps 2M neighbours, upper levels ~M/(M-1) more; int32 each,
+        # plus the level (int32) and offset (int64) of every node
+        return n * (4 * d + 4 * (2 * m + 1) + 12) + ids
+    opq = re.match(r"OPQ(\d+)(?:_(\d+))?,", factory)
+    rest = factory[opq.end() :] if opq else factory
+    extra = 4 * d * d if opq else 0
+    ivf = re.match(r"IVF(\d+),", rest)
+    if ivf:
+        nlist = int(ivf.group(1))
+        extra += 4 * nlist * d + 48 * nlist  # centroids, two vectors per list
+        rest = rest[ivf.end() :]
+    pq = re.fullmatch(r"PQ(\d+)(?:x(\d+))?(?:fs|fsr)?(np)?", rest)
+    if pq:
+        m, nbits = int(pq.group(1)), int(pq.group(2) or 8)
+        code = math.ceil(m * nbits / 8)
+        extra += 4 * d * (1 << nbits)  # m sub-quantizers of 2**nbits centroids of d/m dims
+        if ivf and metric == "l2":  # by-residual precomputed table, nlist x m x 2**nbits floats
+            extra += 4 * int(ivf.group(1)) * m * (1 << nbits)
+        return n * code + ids + extra
+    lsh = re.fullmatch(r"LSH(\d+)?r?t?", rest)
+    if lsh:
+        nbits = int(lsh.group(1) or d)
+        return n * math.ceil(nbits / 8) + ids + 4 * d * nbits + 4 * nbits
+    return n * 4 * d + ids + extra
+
+
+def choose_index(
+    n: int, d: int, metric: str = "ip", max_memory: Any = None
+) -> tuple[str, str]:
+    """Pick a Faiss factory string for ``n`` vectors of dimension ``d`` under a memory budget.
+
+    The rule (after autofaiss; thresholds measured by
+    ``benchmarks/index_sweep.py``, see ``docs/notes/index.md``), first that fits:
+
+    1. ``Flat`` (exact) while ``n <= AUTO_FLAT_MAX_N`` and it fits the budget;
+    2. ``HNSW32`` when its memory (vectors + graph, ~``4d + 276`` bytes per
+       vector) fits;
+    3. ``IVF{nlist},Flat`` with ``nlist = preset_nlist(n)`` (~``4 sqrt n``);
+    4. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector,
+       a divisor of ``d`` at most ``d // 2``) that fits; OPQ's rotation when
+       each sub-vector has at least 4 dimensions.
+
+    Parameters
+    ----------
+    n, d : int
+        Number and dimension of the vectors.
+    metric : {"ip", "l2"}
+        Only reported in the reason (the rule does not depend on it).
+    max_memory : int or str, optional
+        Budget for the built index (see :func:`parse_size`); None is unlimited.
+
+    Returns
+    -------
+    factory : str
+    reason : str
+        One line: what was chosen, its estimated memory and why.
+
+    Raises
+    ------
+    ValueError
+        When even the smallest IVF-PQ does not fit the budget.
+
+    Examples
+    --------
+    >>> choose_index(10_000, 128)[0]
+    'Flat'
+    >>> choose_index(1_000_000, 128)[0]
+    'HNSW32'
+    >>> choose_index(1_000_000, 128, max_memory="60M")[0]
+    'OPQ32,IVF4000,PQ32np'
+    """
+    n = check_positive_int(n, "n (number of vectors)")
+    d = check_positive_int(d, "d (dimension)")
+    budget = None if max_memory is None else parse_size(max_memory)
+    cap = "no memory limit" if budget is None else f"max_memory {format_size(budget)}"
+
+    def fits(factory: str) -> tuple[bool, int]:
+        size = estimate_memory(factory, n, d, metric)
+        return budget is None or size <= budget, size
+
+    def why(factory: str, size: int, because: str) -> tuple[str, str]:
+        reason = (
+            f"{factory} for {n} vectors of dimension {d} ({metric}): ~{format_size(size)} "
+            f"({cap}); {because}"
+        )
+        logger.info("index auto: %s", reason)
+        return factory, reason
+
+    ok, size = fits("Flat")
+    if ok and n <= AUTO_FLAT_MAX_N:
+        return why("Flat", size, f"exact search is affordable for n <= {AUTO_FLAT_MAX_N}")
+    hnsw = f"HNSW{AUTO_HNSW_M}"
+    ok, size = fits(hnsw)
+    if ok:
+        because = (
+            f"n > {AUTO_FLAT_MAX_N}: exact search is too slow, and the graph fits in memory"
+            if n > AUTO_FLAT_MAX_N
+            else "flat does not fit the budget but the graph does"
+        )
+        return why(hnsw, size, because)
+    nlist = preset_nlist(n)
+    ivf = f"IVF{nlist},Flat"
+    ok, size = fits(ivf)
+    if ok:
+        return why(ivf, size, "HNSW does not fit the budget; full vectors in inverted lists do")
+    smallest = ""
+    if n >= 256:
+        for m in sorted({pq_m(d, lim) for lim in range(1, max(1, d // 2) + 1)}, reverse=True):
+            opq = f"OPQ{m}," if d // m >= AUTO_OPQ_MIN_DSUB else ""
+            factory = f"{opq}IVF{nlist},PQ{m}np"
+            ok, size = fits(factory)
+            smallest = f"{factory} (~{format_size(size)})"
+            if ok:
+                return why(
+                    factory, size, f"only {m}-byte PQ codes fit the budget" +
+                    (" (OPQ rotation: sub-vectors of >= 4 dims)" if opq else "")
+                )
+    else:
+        m = pq_m(d)
+        factory = f"PQ{m}x{pq_nbits(n)}np"
+        ok, size = fits(factory)
+        smallest = f"{factory} (~{format_size(size)})"
+        if ok:
+            return why(factory, size, "too few vectors for IVF; PQ codes fit the budget")
+    raise ValueError(
+        f"max_memory {format_size(budget or 0)} is too small for {n} vectors of dimension {d}: "
+        f"the smallest index considered, {smallest}, needs more; raise --max-memory"
+    )
