@@ -626,9 +626,13 @@ class Retriever:
         return self._index_class().load(root / manifest["index"]["template"])
 
     def _index_class(self) -> Any:
-        from ._stopgap_index import StopgapIndex, StopgapSparse  # TEMPORARY
+        if self.sparse:
+            from .sparse import SparseIndex
 
-        return StopgapSparse if self.sparse else StopgapIndex
+            return SparseIndex
+        from .index import Index
+
+        return Index
 
     def _report(self, what: str, n: int, failed: list[dict[str, str]], t0: float,
                 fit_s: float, index_s: float, duplicates: int = 0) -> None:
