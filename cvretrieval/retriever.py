@@ -190,7 +190,7 @@ class Retriever:
         self.lock_timeout = float(lock_timeout)
         self._check_sparse_options()
         self.whitening_: Any = None
-        self.index: Any = None
+        self._index: Any = None
         self.bundle_: Bundle | None = None
         self.last_run_: dict[str, Any] = {}
         self._store: Any = None
@@ -212,7 +212,7 @@ class Retriever:
 
     @property
     def is_built(self) -> bool:
-        return self.index is not None
+        return self.bundle_ is not None
 
     @property
     def root(self) -> Path | None:
@@ -242,7 +242,8 @@ class Retriever:
     def config(self) -> dict[str, Any]:
         return {
             "embedder": self.embedder.spec(),
-            "index": self.index.config() if self.index is not None else {"spec": self.index_spec},
+            "index": (self.bundle_.manifest["index"]["config"] if self.bundle_ is not None
+                      else {"spec": self.index_spec}),
             "metric": self.metric,
             "max_side": self.max_side,
             "random_state": self.random_state,
@@ -270,7 +271,16 @@ class Retriever:
         return int(self.embedder.dim)
 
     def __len__(self) -> int:
-        return int(self.index.ntotal) if self.index is not None else 0
+        """Images that searches can return."""
+        return int(self.bundle_.manifest["counts"]["ok"]) if self.bundle_ is not None else 0
+
+    @property
+    def index(self) -> Any:
+        """The in-memory index over every segment's shard, removed images taken out;
+        read on first use (adding, removing and compacting do not need it)."""
+        if self._index is None and self.bundle_ is not None:
+            self._index = self._load_index(self.bundle_)
+        return self._index
 
     def _check_sparse_options(self) -> None:
         if not self.sparse:
@@ -287,7 +297,7 @@ class Retriever:
                              "use a Faiss index (flat, hnsw, ...) instead of 'sparse'")
 
     def _check_built(self) -> None:
-        if self.index is None:
+        if self.bundle_ is None:
             raise NotFittedError("this retriever is empty: build it (cvret index) before searching")
 
     # --- the pieces ---------------------------------------------------------------------
@@ -536,7 +546,7 @@ class Retriever:
                 template = self._load_template(root, manifest)
                 manifest["index"] = self._train_and_shard(root, manifest, w, template, new)
                 self._commit(w, manifest)
-        self._open(root)
+        self._reopen(root, added=True)
         self._report("add", len(paths), failures, t0, 0.0, 0.0, duplicates=duplicates)
         return self
 
@@ -559,7 +569,11 @@ class Retriever:
                 cat.mark_removed(live)
             not_found = [p for p in wanted if p not in found]
             self._commit(w, manifest)
+        loaded = self._index
         self._open(root)
+        if loaded is not None and live:  # keep the loaded index: take the removed out
+            loaded.remove_ids(np.asarray(live, np.int64))
+            self._index = loaded
         self.last_run_ = {"operation": "remove", "removed": len(live), "not_found": not_found,
                           "total_indexed": len(self)}
         return self.last_run_
@@ -608,6 +622,16 @@ class Retriever:
             desc = desc if desc is not None else np.zeros((n, 0), np.uint8)
             kp.append(LocalFeatures(np.asarray(points, np.float32), desc, np.ones(n, np.float32),
                                     np.zeros(n, np.float32), (0, 0)), words=words)
+
+    def _reopen(self, root: Path, *, added: bool) -> None:
+        """Read the committed manifest again; an index already in memory gets the new
+        segments' shards merged in instead of being read again."""
+        loaded, before = self._index, {s.number for s in self.bundle_.segments}  # type: ignore[union-attr]
+        self._open(root)
+        if loaded is not None and added:
+            assert self.bundle_ is not None
+            new = [s for s in self.bundle_.segments if s.number not in before]
+            self._index = self._load_index(self.bundle_, new, loaded)
 
     def _require_root(self, what: str) -> Path:
         if self.bundle_ is None:
@@ -708,19 +732,28 @@ class Retriever:
         if int(m["index"].get("dim", -1)) != dim:
             raise BundleError(f"{root / 'manifest.json'}: field 'index.dim' is "
                               f"{m['index'].get('dim')!r} but the embedder gives {dim}")
-        index = self._index_class().load(root / m["index"]["template"]).empty_copy()
-        for seg in bundle.segments:
+        self.bundle_, self.whitening_, self._store, self._index = bundle, whitening, None, None
+
+    def _load_index(self, bundle: Bundle, segments: Sequence[Any] | None = None,
+                    index: Any = None) -> Any:
+        """Merge the shards of ``segments`` (default all) into ``index`` (default a new
+        empty copy of the trained template) and take the removed images out."""
+        if index is None:
+            index = self._index_class().load(bundle.root / bundle.manifest["index"]["template"])
+            index = index.empty_copy()
+        segments = bundle.segments if segments is None else segments
+        for seg in segments:
             shard = self._index_class().load(seg.shard_path)
             if shard.ntotal != seg.n:
                 raise BundleError(f"{seg.shard_path} holds {shard.ntotal} vectors, the manifest "
                                   f"says {seg.n}: the bundle is damaged; rebuild it")
             index.merge_from(shard)
         removed = bundle.catalog.ids_with_status("removed")
-        present = [removed[seg.positions(removed) >= 0] for seg in bundle.segments]
+        present = [removed[seg.positions(removed) >= 0] for seg in segments]
         removed = np.concatenate(present) if present else removed[:0]
         if len(removed):
             index.remove_ids(removed)
-        self.bundle_, self.index, self.whitening_, self._store = bundle, index, whitening, None
+        return index
 
     # --- searching ----------------------------------------------------------------------
     def embed_queries(
@@ -750,8 +783,8 @@ class Retriever:
         n_jobs = self.n_jobs if len(tasks) > 16 else 1
         errors = [""] * len(queries)
         vectors: dict[int, Any] = {}
-        for it in self._pipeline(n_jobs).map(self._job("encode"), tasks, progress=progress,
-                                             desc="queries"):
+        pipe = Pipeline(n_jobs=n_jobs, chunk_size=self.chunk_size)  # queries stay here
+        for it in pipe.map(self._job("encode"), tasks, progress=progress, desc="queries"):
             if it.error is not None:
                 errors[it.position] = it.error
             else:
