@@ -476,7 +476,9 @@ class Retriever:
         bundle = Bundle(root, {**manifest, "index": {"kind": "sparse" if self.sparse else "faiss",
                                                       "dim": self._vector_dim(), "spec": ""}})
         if template is None:
-            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE, self.random_state)
+            needs = self.index_spec.lower() not in ("flat", "hnsw", "sparse")
+            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE if needs else 256,
+                                     self.random_state)
             total = sum(s.n for s in bundle.segments)
             template = self._new_index().train(sample, n_total=total)
             name = w.new_name("index", ".bin")

@@ -19,10 +19,13 @@ from .segments import Segment, SegmentWriter
 
 logger = logging.getLogger(__name__)
 
-#: images per segment while streaming (bounds the memory of one segment's sparse rows)
+#: images per segment while streaming, and at most this many bytes of float32 vectors
+#: (bounds the memory of building one shard, and of one segment's sparse rows)
 SEGMENT_SIZE = 50_000
-#: vectors sampled from the segments to train an IVF/PQ index
+SEGMENT_BYTES = 512 << 20
+#: vectors sampled from the segments to train an IVF/PQ index, and at most this many bytes
 TRAIN_SAMPLE = 200_000
+TRAIN_BYTES = 256 << 20
 
 
 def entry_for(item: Any, path: str, id_: int, segment: int | None,
@@ -97,7 +100,7 @@ def write_segments(
             kp_writer.append(item.keypoints, words=item.words)
         item.value = item.keypoints = item.words = None
         pending.append(entry_for(item, path, cid, number))
-        if writer.n >= segment_size:
+        if writer.n >= min(segment_size, max(1, SEGMENT_BYTES // (4 * writer.dim))):
             close()
     close()
     catalog.insert(pending)
@@ -115,6 +118,7 @@ def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) 
     total = sum(s.n for s in segments)
     if total == 0:
         return None
+    n = max(1, min(n, TRAIN_BYTES // (4 * segments[0].dim)))
     rng = np.random.default_rng(random_state)
     take = np.sort(rng.choice(total, size=min(n, total), replace=False))
     parts, start = [], 0
@@ -190,7 +194,7 @@ def build_shards(
 
 
 def iter_live_blocks(segments: Sequence[Segment], removed: NDArray[np.int64],
-                     block: int = 65536) -> Iterator[tuple[int, NDArray[np.int64], Any]]:
+                     block: int | None = None) -> Iterator[tuple[int, NDArray[np.int64], Any]]:
     """``(segment index, ids, rows)`` of every stored vector not removed."""
     for si, s in enumerate(segments):
         for ids, rows in s.iter_blocks(block):

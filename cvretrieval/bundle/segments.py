@@ -151,8 +151,9 @@ class Segment:
     def features_dir(self) -> Path:
         return self.directory / FEATURES_DIR
 
-    def iter_blocks(self, block: int = 65536) -> Any:
-        """``(ids, rows)`` blocks of at most ``block`` rows (bounded memory)."""
+    def iter_blocks(self, block: int | None = None) -> Any:
+        """``(ids, rows)`` blocks of at most ``block`` rows (default: 32 MB of float32)."""
+        block = block or max(1, (32 << 20) // (4 * max(self.dim, 1)))
         rows = self.rows()
         for start in range(0, self.n, block):
             stop = min(start + block, self.n)
