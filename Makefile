@@ -9,8 +9,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# the demo venv holds the extras the README's examples use (reports, web page, deep models, Dask)
 $(VENV)/.core: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[report,web,deep,dist]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core

@@ -425,3 +425,16 @@ def test_unreadable_bundle_is_reported_on_the_page(app, bundle, tmp_path):
     assert any("broken.cvret" in e.value for e in at.error)
     at.radio(key="source").set_value("Pick an indexed image").run()
     assert list(at.session_state["results"]) == [str(bundle)]  # the good bundle still works
+
+
+def test_cli_serve_checks_the_extra_before_saying_it_serves(monkeypatch, bundle):
+    import importlib.util
+
+    from conftest import cli_run
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "streamlit" else real(name, *a))
+    r = cli_run("serve", bundle, ok=False)
+    assert r.exit_code == 1 and "cvretrieval[web]" in r.output
+    assert "serving" not in r.output

@@ -24,8 +24,9 @@ from ._common import Output, common_options
 def serve_cmd(bundles: tuple[Path, ...], host: str, port: int, report_dir: Path | None,
               max_upload_mb: int, browser: bool, out: Output) -> None:
     """Serve a web page that searches BUNDLE(s) by a region of an image (extra `web`)."""
-    from ..web import serve
+    from ..web import require_web_extra, serve
 
+    require_web_extra()  # before saying it serves
     out.text(f"serving {len(bundles)} bundle(s) on http://{host}:{port} (Ctrl-C stops)")
     code = serve(list(bundles), host=host, port=port, report=report_dir,
                  headless=not browser, max_upload_mb=max_upload_mb)
