@@ -29,7 +29,7 @@ import numpy as np
 from _common import OUT, SHARED, machine, markdown_table, write_json
 
 logger = logging.getLogger("scale")
-BIN = Path(sys.executable).parent
+CVRET = [sys.executable, "-m", "cvretrieval.cli"]
 PIPELINES = {
     "hog": ["--features", "hog"],
     "bovw-orb": ["--features", "bovw", "--detector", "orb", "--words", "1000"],
@@ -60,16 +60,18 @@ def _make_one(args: tuple[int, str, str, int]) -> None:
     cv2.imwrite(out, crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def make_images(n: int, folder: Path, seed: int = 0, n_jobs: int = -1) -> list[Path]:
+def make_images(n: int, folder: Path, seed: int = 0, n_jobs: int = -1,
+                photos_dir: Path | None = None) -> list[Path]:
     """``n`` JPEGs made from the shared photos (kept across runs in ``folder``)."""
     from joblib import Parallel, delayed
 
     from cvretrieval.io import list_images
 
-    photos = [str(p) for p in list_images(SHARED / "datasets" / "caltech101-dev")]
-    photos += [str(p) for p in list_images(SHARED / "datasets" / "ukbench-56")]
+    roots = [photos_dir] if photos_dir else [SHARED / "datasets" / "caltech101-dev",
+                                             SHARED / "datasets" / "ukbench-56"]
+    photos = [str(p) for r in roots if r.is_dir() for p in list_images(r)]
     if not photos:
-        raise SystemExit(f"no photos under {SHARED / 'datasets'}")
+        raise SystemExit(f"no photos under {', '.join(map(str, roots))}")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i // 1000:04d}" / f"{i:07d}.jpg" for i in range(n)]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
@@ -169,7 +171,7 @@ def query_latency(bundle: Path, queries: list[Path]) -> dict[str, float]:
 
 
 def bench(kind: str, paths: list[Path], extra: list[Path], scratch: Path, n_jobs: int,
-          index: str) -> dict[str, Any]:
+          index: str, max_memory: str) -> dict[str, Any]:
     src = scratch / f"list-{len(paths)}"
     src.mkdir(parents=True, exist_ok=True)
     for i, p in enumerate(paths):  # the folder `cvret index` reads: links, nothing copied
@@ -178,10 +180,11 @@ def bench(kind: str, paths: list[Path], extra: list[Path], scratch: Path, n_jobs
             link.symlink_to(p.resolve())
     bundle = scratch / f"{kind}-{len(paths)}.cvret"
     shutil.rmtree(bundle, ignore_errors=True)
-    cvret = [str(BIN / "cvret")]
+    cvret = CVRET
     t_raw = raw_seconds(kind, paths, n_jobs)
     build = run_measured([*cvret, "index", str(src), "-o", str(bundle), *PIPELINES[kind],
-                          "--index", index, "--n-jobs", str(n_jobs), "-q"])
+                          "--index", index, "--max-memory", max_memory, "--n-jobs", str(n_jobs),
+                          "-q"])
     add_dir = scratch / "add-1000"
     add_dir.mkdir(exist_ok=True)
     for i, p in enumerate(extra):
@@ -203,7 +206,7 @@ def bench(kind: str, paths: list[Path], extra: list[Path], scratch: Path, n_jobs
     remove = run_measured([*cvret, "remove", str(bundle), *removed, "-q"])
     lat = query_latency(bundle, paths[:: max(1, len(paths) // 200)][:200])
     return {
-        "pipeline": kind, "images": len(paths), "raw_s": round(t_raw, 1),
+        "pipeline": kind, "images": len(paths), "workers": n_jobs, "raw_s": round(t_raw, 1),
         "ours_s": round(build["seconds"], 1), "ratio": round(t_raw / build["seconds"], 3),
         "peak_main_mb": build["peak_main_mb"], "peak_worker_mb": build["peak_worker_mb"],
         "disk_mb": round(folder_bytes(bundle) / 2**20, 1),
@@ -219,8 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--big", action="store_true", help="also 1M images (hog, bovw-orb)")
     ap.add_argument("--pipelines", default="hog,bovw-orb,bovw-sift,vlad-sift")
     ap.add_argument("--index", default="auto")
+    ap.add_argument("--max-memory", default="2G", help="Budget of --index auto.")
     ap.add_argument("--n-jobs", type=int, default=-1)
     ap.add_argument("--images", type=Path, default=Path(tempfile.gettempdir()) / "cvret-scale")
+    ap.add_argument("--photos", type=Path, default=None,
+                    help="Source photos (default: ../shared/datasets).")
+    ap.add_argument("--out", type=Path, default=OUT / "scale.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kinds = [k.strip() for k in args.pipelines.split(",") if k.strip()]
@@ -229,18 +236,20 @@ def main(argv: list[str] | None = None) -> None:
         runs += [(1_000_000, k) for k in ("hog", "bovw-orb")]
     n_max = max(n for n, _ in runs)
     t0 = time.perf_counter()
-    pool = make_images(n_max + 1000, args.images / "pool", n_jobs=args.n_jobs)
+    pool = make_images(n_max + 1000, args.images / "pool", n_jobs=args.n_jobs,
+                       photos_dir=args.photos)
     logger.info("%d images ready in %.0f s", len(pool), time.perf_counter() - t0)
     extra = pool[n_max : n_max + 1000]
     rows = []
     scratch = args.images / "work"
     for n, kind in runs:
         logger.info("%s at %d images", kind, n)
-        rows.append(bench(kind, pool[:n], extra, scratch, args.n_jobs, args.index))
+        rows.append(bench(kind, pool[:n], extra, scratch, args.n_jobs, args.index,
+                          args.max_memory))
         logger.info("%s", rows[-1])
     cols = list(rows[0])
     print(markdown_table(rows, cols))
-    write_json(OUT / "scale.json", {"machine": machine(), "cores": os.cpu_count(), "rows": rows,
+    write_json(args.out, {"machine": machine(), "cores": os.cpu_count(), "rows": rows,
                                     "command": " ".join(["python", *sys.argv])})
 
 
