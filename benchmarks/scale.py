@@ -91,7 +91,7 @@ def _raw(kind: str, paths: list[str]) -> int:
     cv2.setNumThreads(1)
     det = (cv2.ORB_create(1000) if kind == "bovw-orb" else cv2.SIFT_create(1000)
            if kind in ("bovw-sift", "vlad-sift") else None)
-    hog = cv2.HOGDescriptor((128, 128), (16, 16), (8, 8), (8, 8), 9)
+    hog = cv2.HOGDescriptor((128, 128), (16, 16), (8, 8), (8, 8), 9) if det is None else None
     n = 0
     for p in paths:
         img = cv2.imread(p, cv2.IMREAD_COLOR)
