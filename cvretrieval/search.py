@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,47 @@ from .errors import ImageReadError
 from .io import read_image
 
 logger = logging.getLogger(__name__)
+RERANK_STEPS = ("sv", "qe")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: ``rank`` is 1-based; ``score`` is the index's similarity or distance."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_rerank(value: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Normalise re-ranking steps: ``"sv,qe"`` or ``["sv", "qe"]`` -> ``("sv", "qe")``.
+
+    Examples
+    --------
+    >>> parse_rerank("qe, sv")
+    ('sv', 'qe')
+    >>> parse_rerank(None)
+    ()
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    steps = {str(v).strip().lower() for v in items if str(v).strip() and str(v).strip() != "none"}
+    unknown = sorted(steps - set(RERANK_STEPS))
+    if unknown:
+        raise ValueError(f"unknown re-ranking {', '.join(unknown)}: use sv, qe or sv,qe")
+    return tuple(s for s in RERANK_STEPS if s in steps)
+
+
+def check_k(k: Any) -> int:
+    """``k`` as a positive int (``-k 1e30`` and ``-k 0`` are refused with one line)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
 
 
 def expand_queries(ret: Any, X: Any, E: NDArray[np.int64], S: NDArray[np.float32]) -> Any:
