@@ -255,11 +255,12 @@ def test_auto_picks_flat_for_small_n_and_compresses_under_a_tiny_budget():
     factory, reason = choose_index(5000, 128, "ip")
     assert factory == "Flat" and "exact" in reason
     assert choose_index(2_000_000, 128)[0].startswith("HNSW")
-    # 1M x 128 floats alone need 512 MB: 200 MB forces codes
-    factory, reason = choose_index(1_000_000, 128, "ip", max_memory="200M")
+    # 1M x 128 floats alone need 512 MB, 8-bit codes 136 MB: 100 MB forces PQ codes
+    factory, reason = choose_index(1_000_000, 128, "ip", max_memory="100M")
     assert "PQ" in factory and "IVF" in factory
-    assert estimate_memory(factory, 1_000_000, 128, "ip") <= parse_size("200M")
+    assert estimate_memory(factory, 1_000_000, 128, "ip") <= parse_size("100M")
     assert choose_index(1_000_000, 128, max_memory="600M")[0].endswith(",Flat")
+    assert choose_index(1_000_000, 128, max_memory="300M")[0].endswith(",SQ8")
     with pytest.raises(ValueError, match="too small"):
         choose_index(1_000_000, 128, max_memory="1M")
 
@@ -274,7 +275,9 @@ def test_auto_index_logs_and_records_why(caplog):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("spec", ["flat", "hnsw", "ivf", "pq", "lsh", "OPQ8,IVF16,PQ8np"])
+@pytest.mark.parametrize(
+    "spec", ["flat", "hnsw", "ivf", "pq", "lsh", "OPQ8,IVF16,PQ8np", "IVF16,SQ8"]
+)
 def test_memory_estimate_matches_the_built_index(spec, metric):
     xb = data(5000, d=64)
     index = Index(spec, metric).build(xb)

@@ -268,6 +268,10 @@ def estimate_memory(factory: str, n: int, d: int, metric: str = "l2") -> int:
         if ivf and metric == "l2":  # by-residual precomputed table, nlist x m x 2**nbits floats
             extra += 4 * int(ivf.group(1)) * m * (1 << nbits)
         return n * code + ids + extra
+    sq = re.fullmatch(r"SQ(4|6|8|fp16|bf16)", rest)
+    if sq:
+        bits = {"4": 4, "6": 6, "8": 8}.get(sq.group(1), 16)
+        return n * (math.ceil(d * bits / 8) + 8) + extra + 8 * d  # codes, ids, vmin/vdiff
     lsh = re.fullmatch(r"LSH(\d+)?r?t?", rest)
     if lsh:
         nbits = int(lsh.group(1) or d)
@@ -287,7 +291,8 @@ def choose_index(
     2. ``HNSW32`` when its memory (vectors + graph, ~``4d + 276`` bytes per
        vector) fits;
     3. ``IVF{nlist},Flat`` with ``nlist = preset_nlist(n)`` (~``4 sqrt n``);
-    4. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector,
+    4. ``IVF{nlist},SQ8`` (one byte per dimension, near-exact);
+    5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector,
        a divisor of ``d`` at most ``d // 2``) that fits; OPQ's rotation when
        each sub-vector has at least 4 dimensions.
 
@@ -354,6 +359,10 @@ def choose_index(
     ok, size = fits(ivf)
     if ok:
         return why(ivf, size, "HNSW does not fit the budget; full vectors in inverted lists do")
+    sq8 = f"IVF{nlist},SQ8"
+    ok, size = fits(sq8)
+    if ok:
+        return why(sq8, size, "full vectors do not fit the budget; 8-bit scalar codes do")
     smallest = ""
     if n >= 256:
         for m in sorted({pq_m(d, lim) for lim in range(1, max(1, d // 2) + 1)}, reverse=True):
