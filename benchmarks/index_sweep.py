@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     import json
 
     previous = json.loads(out.read_text())["rows"] if out.is_file() else []
-    rows = [r for r in previous if r["preset"] not in args.presets]
+    rows = [r for r in previous if r["preset"] in PRESETS and r["preset"] not in args.presets]
     for name in args.presets:
         rows += run_preset(name, xb, xq, truth, k, args.threads)
         write_json(out, {"machine": machine(), "latency_threads": 1,
