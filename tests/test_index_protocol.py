@@ -255,11 +255,12 @@ def test_auto_picks_flat_for_small_n_and_compresses_under_a_tiny_budget():
     factory, reason = choose_index(5000, 128, "ip")
     assert factory == "Flat" and "exact" in reason
     assert choose_index(2_000_000, 128)[0].startswith("HNSW")
-    # 1M x 128 floats alone need 512 MB: 200 MB forces codes
-    factory, reason = choose_index(1_000_000, 128, "ip", max_memory="200M")
+    # 1M x 128 floats alone need 512 MB, 8-bit codes 136 MB: 100 MB forces PQ codes
+    factory, reason = choose_index(1_000_000, 128, "ip", max_memory="100M")
     assert "PQ" in factory and "IVF" in factory
-    assert estimate_memory(factory, 1_000_000, 128, "ip") <= parse_size("200M")
+    assert estimate_memory(factory, 1_000_000, 128, "ip") <= parse_size("100M")
     assert choose_index(1_000_000, 128, max_memory="600M")[0].endswith(",Flat")
+    assert choose_index(1_000_000, 128, max_memory="300M")[0].endswith(",SQ8")
     with pytest.raises(ValueError, match="too small"):
         choose_index(1_000_000, 128, max_memory="1M")
 
@@ -274,7 +275,9 @@ def test_auto_index_logs_and_records_why(caplog):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("spec", ["flat", "hnsw", "ivf", "pq", "lsh", "OPQ8,IVF16,PQ8np"])
+@pytest.mark.parametrize(
+    "spec", ["flat", "hnsw", "ivf", "pq", "lsh", "OPQ8,IVF16,PQ8np", "IVF16,SQ8"]
+)
 def test_memory_estimate_matches_the_built_index(spec, metric):
     xb = data(5000, d=64)
     index = Index(spec, metric).build(xb)
@@ -302,3 +305,32 @@ def test_parse_size_rejects_garbage_in_one_line(bad):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError):
         Index("auto", max_memory=bad if bad != 0 else -1)
+
+
+@pytest.mark.parametrize("spec", ["flat", "ivf", "hnsw", "OPQ8,IVF16,PQ8np"])
+def test_reconstruct_all_follows_increasing_ids(spec):
+    xb = data(700)
+    ids = catalog_ids(700)
+    index = Index(spec).train(xb)
+    index.add_with_ids(xb, ids)
+    index.remove_ids(ids[:5])
+    order = np.argsort(ids[5:])
+    expect = xb[5:][order]
+    got = index.reconstruct_all()
+    np.testing.assert_array_equal(index.ids(), np.sort(ids[5:]))
+    if "PQ" in spec:  # decoded codes: close, not equal
+        assert np.mean(np.sum(got * expect, axis=1)) > 0.9
+    else:
+        np.testing.assert_allclose(got, expect, atol=1e-6)
+
+
+def test_hnsw_shard_with_removals_merges_only_live_vectors():
+    xb = data(600)
+    base = Index("hnsw").train(xb)
+    shard = base.empty_copy()
+    shard.add_with_ids(xb, np.arange(600) + 1000)
+    shard.remove_ids(np.arange(1000, 1100))
+    base.merge_from(shard)
+    assert base.ntotal == 500 and base.removed_.size == 0
+    _, I = base.search(xb[:100], 5)
+    assert not np.isin(I, np.arange(1000, 1100)).any()

@@ -165,14 +165,14 @@ def _vec_bytes(vec: Any, itemsize: int) -> int:
         return 0
 
 
-def index_memory(index: faiss.Index) -> int:
+def index_memory(index: Any) -> int:
     """Bytes held by a built Faiss index (codes, ids, graph, centroids and tables).
 
     Computed from the sizes of Faiss's arrays (not the allocator's slack) for
     the index types this package builds; any other type is measured by
     serialising it.
     """
-    index = faiss.downcast_index(index)
+    index = faiss.downcast_index(index)  # Any: the Faiss stubs lack these fields
     if isinstance(index, faiss.IndexIDMap2):
         # id_map + rev_map (an unordered_map: ~40 bytes a node)
         return 48 * int(index.ntotal) + index_memory(index.index)
@@ -180,8 +180,9 @@ def index_memory(index: faiss.Index) -> int:
         return 8 * int(index.ntotal) + index_memory(index.index)
     if isinstance(index, faiss.IndexPreTransform):
         size = 0
-        for i in range(index.chain.size()):
-            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+        chain: Any = index.chain
+        for i in range(chain.size()):
+            vt = faiss.downcast_VectorTransform(chain.at(i))
             size += _vec_bytes(getattr(vt, "A", None), 4) + _vec_bytes(getattr(vt, "b", None), 4)
         return size + index_memory(index.index)
     if isinstance(index, faiss.IndexIVF):
@@ -193,7 +194,7 @@ def index_memory(index: faiss.Index) -> int:
         size += _vec_bytes(getattr(index, "precomputed_table", None), 4)
         return size
     if isinstance(index, faiss.IndexHNSW):
-        hnsw = index.hnsw
+        hnsw: Any = index.hnsw
         graph = (
             _vec_bytes(hnsw.neighbors, 4) + _vec_bytes(hnsw.levels, 4)
             + _vec_bytes(hnsw.offsets, 8)
@@ -204,6 +205,7 @@ def index_memory(index: faiss.Index) -> int:
         if hasattr(index, "pq"):
             size += _vec_bytes(index.pq.centroids, 4)
         if isinstance(index, faiss.IndexLSH):
-            size += _vec_bytes(index.thresholds, 4) + _vec_bytes(index.rrot.A, 4)
+            lsh: Any = index
+            size += _vec_bytes(lsh.thresholds, 4) + _vec_bytes(lsh.rrot.A, 4)
         return size
     return int(faiss.serialize_index(index).size)

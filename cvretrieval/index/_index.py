@@ -237,7 +237,7 @@ class Index:
         Parameters
         ----------
         xb_sample : (n, d) array_like
-            Training vectors (a random subsample of at most 256 per k-means
+            Training vectors (a random subsample of 64 per k-means
             centroid is used). Flat and HNSW only read the dimension.
         n_total : int, optional
             Number of vectors the index is meant to hold (default ``len(xb_sample)``):
@@ -269,10 +269,9 @@ class Index:
         self.n_planned_ = int(n)
         self.removed_ = np.zeros(0, np.int64)
         self.next_id_ = 0
-        self.template_ = None if template is None else np.asarray(template, np.uint8)
-        self.checksum_ = (
-            None if template is None else hashlib.sha1(self.template_.tobytes()).hexdigest()
-        )
+        tmpl = None if template is None else np.asarray(template, np.uint8)
+        self.template_ = tmpl
+        self.checksum_ = None if tmpl is None else hashlib.sha1(tmpl.tobytes()).hexdigest()
 
     def needs_retrain(self, n_total: int) -> bool:
         """Whether an index trained for ``n_planned_`` vectors is ill-sized for ``n_total``.
