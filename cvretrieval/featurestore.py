@@ -520,7 +520,7 @@ class FeatureStore:
                 raise fail(f"{name} is missing")
             try:
                 return np.load(path, mmap_mode="r" if n_kp else None, allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:
                 raise fail(f"{name} cannot be read ({exc})") from None
 
         offsets = np.asarray(load(OFFSETS_FILE), np.int64)

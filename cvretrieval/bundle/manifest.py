@@ -32,8 +32,9 @@ def file_sha256(path: Path) -> str:
 
 
 def folder_checksums(folder: Path) -> dict[str, str]:
-    """``{file name: sha256}`` of the regular files directly in ``folder``."""
-    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    """``{relative path: sha256}`` of every regular file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

@@ -101,7 +101,7 @@ class Segment:
         if self._ids is None:
             try:
                 ids = np.load(self.directory / IDS_FILE, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:
                 raise self._fail(IDS_FILE, f"cannot be read ({exc})") from None
             if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != self.n:
                 raise self._fail(IDS_FILE, f"holds {ids.dtype} {ids.shape}, expected int64 "
@@ -119,13 +119,13 @@ class Segment:
 
                 try:
                     rows = sp.load_npz(self.directory / ROWS_FILE).tocsr()
-                except (OSError, ValueError, KeyError) as exc:
+                except (OSError, ValueError, KeyError, EOFError) as exc:
                     raise self._fail(ROWS_FILE, f"cannot be read ({exc})") from None
             else:
                 try:
                     rows = np.load(self.directory / VECTORS_FILE, mmap_mode="r",
                                    allow_pickle=False)
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, EOFError) as exc:
                     raise self._fail(VECTORS_FILE, f"cannot be read ({exc})") from None
                 if rows.dtype != np.float32:
                     raise self._fail(VECTORS_FILE, f"holds {rows.dtype}, expected float32")
