@@ -282,3 +282,20 @@ def test_duplicate_ids_in_a_segment_are_refused(tmp_path):
     np.save(tmp_path / "b" / "segments" / "000001" / "ids.npy", np.array([0, 1, 1, 3]))
     with pytest.raises(BundleError, match="repeated"):
         Retriever.load(tmp_path / "b").rows([0])
+
+
+def test_compact_retrain_refits_the_ivf_list_count(tmp_path):
+    """An IVF bundle started small keeps its list count through adds; compact --retrain
+    (or compact when the count no longer fits) trains it for the current size."""
+    paths = _write_images(tmp_path / "imgs", range(130), size=(48, 64))
+    ret = Retriever("hog", index="ivf", n_jobs=1).build(paths[:40], output=tmp_path / "b")
+    assert ret.config()["index"]["factory"] == "IVF1,Flat"
+    ret.add(paths[40:])
+    assert Retriever.load(tmp_path / "b").config()["index"]["factory"] == "IVF1,Flat"
+    run = ret.compact(retrain=True)
+    # the preset for 130 vectors (index.preset_nlist(130) lists)
+    from cvretrieval.index import preset_nlist
+
+    assert run["retrained"]
+    assert ret.config()["index"]["factory"] == f"IVF{preset_nlist(130)},Flat" != "IVF1,Flat"
+    assert _results(ret, paths[:3], k=1) == [[str(p.resolve())] for p in paths[:3]]
