@@ -21,10 +21,10 @@ from cvretrieval.embedders.deep import (
     IMAGENET_STD,
     ModelError,
     ONNXEmbedder,
-    _open_runtime,
     prepare_batch,
     resize_image,
 )
+from cvretrieval.embedders.runtimes import open_runtime as _open_runtime
 from cvretrieval.embedders.pooling import dequantize, gap, gem, mac, pool
 from cvretrieval.errors import BundleError, MissingExtraError
 
