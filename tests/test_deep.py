@@ -24,8 +24,8 @@ from cvretrieval.embedders.deep import (
     prepare_batch,
     resize_image,
 )
-from cvretrieval.embedders.runtimes import open_runtime as _open_runtime
 from cvretrieval.embedders.pooling import dequantize, gap, gem, mac, pool
+from cvretrieval.embedders.runtimes import open_runtime as _open_runtime
 from cvretrieval.errors import BundleError, MissingExtraError
 
 RNG = np.random.default_rng(7)

@@ -152,8 +152,9 @@ class _ONNXRuntime(Runtime):
             opts.intra_op_num_threads = int(n_threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        providers = onnx_providers(device, ort)
         try:
-            self.session = ort.InferenceSession(path, opts, providers=onnx_providers(device, ort))
+            self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as exc:
             raise ModelError(
                 f"{path} is not a model onnxruntime can load ({one_line(exc)})"
