@@ -46,7 +46,7 @@ from .preprocess import (
     RESIZE_MODES,
     as_hw,
     channel_triple,
-    guess_layout,
+    input_geometry,
     prepare_batch,
     resize_image,
 )
@@ -182,26 +182,31 @@ class DeepEmbedder(Embedder):
             return None
         return missing_extra(cls.extra, cls.runtime_modules[0].split(".")[0].replace("_", "-"))
 
+    def _setting(self, key: str) -> Any:
+        """The value of the setting ``key`` (a parameter here; subclasses may fill it in)."""
+        return getattr(self, key)
+
     def _check_params(self) -> None:
-        if self.input_size is not None:
-            as_hw(self.input_size)
+        s = self._setting
+        if s("input_size") is not None:
+            as_hw(s("input_size"))
         checks = [
-            ("resize", self.resize, RESIZE_MODES),
-            ("channels", self.channels, CHANNEL_ORDERS),
-            ("pooling", self.pooling, POOLINGS),
+            ("resize", s("resize"), RESIZE_MODES),
+            ("channels", s("channels"), CHANNEL_ORDERS),
+            ("pooling", s("pooling"), POOLINGS),
         ]
-        if self.layout is not None:
-            checks.append(("layout", self.layout, LAYOUTS))
+        if s("layout") is not None:
+            checks.append(("layout", s("layout"), LAYOUTS))
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        if not (isinstance(self.p, (int, float)) and self.p > 0):
-            raise ValueError(f"p (the GeM exponent) must be > 0, got {self.p!r}")
+        if not (isinstance(s("p"), (int, float)) and s("p") > 0):
+            raise ValueError(f"p (the GeM exponent) must be > 0, got {s('p')!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         for key in ("mean", "std"):
-            if getattr(self, key) is not None:
-                channel_triple(getattr(self, key), key)
+            if s(key) is not None:
+                channel_triple(s(key), key)
         check_device(self.device)
 
     def validate(self) -> DeepEmbedder:
@@ -228,6 +233,7 @@ class DeepEmbedder(Embedder):
         return 1 if in_worker_process() else None
 
     def _get_runtime(self) -> Runtime:
+        s = self._setting
         if self._runtime is None:
             path = self._model_file()
             fp = file_fingerprint(path)
@@ -241,13 +247,14 @@ class DeepEmbedder(Embedder):
                     )
                 self._info["fingerprint"] = fp
             self._runtime = open_runtime(
-                self.runtime_kind, str(path.resolve()), self._threads(), self.output_name, fp,
+                self.runtime_kind, str(path.resolve()), self._threads(), s("output_name"), fp,
                 check_device(self.device),
             )
         return self._runtime
 
     def _inspect(self) -> dict[str, Any]:
         """Open the model once and learn input size, layout, dtype and output dimension."""
+        s = self._setting
         if self._info is not None:
             return self._info
         self._check_params()
@@ -259,41 +266,9 @@ class DeepEmbedder(Embedder):
                 "with: restore the original model file or rebuild the bundle with the new one"
             )
         rt = self._get_runtime()
-        shape = rt.input.shape
-        if shape is not None and len(shape) != 4:
-            raise ModelError(
-                f"{path} takes input of shape {_fmt(shape)}; an image model takes a 4-d batch "
-                "(N, C, H, W) or (N, H, W, C)"
-            )
-        layout = self.layout or guess_layout(shape, self.default_layout)
-        if shape is not None:
-            c_axis, hw_axes = (1, (2, 3)) if layout == "nchw" else (3, (1, 2))
-            n_channels = shape[c_axis]
-            if n_channels not in (None, 1, 3):
-                raise ModelError(
-                    f"{path} takes input of shape {_fmt(shape)}: with layout {layout} that is "
-                    f"{n_channels} channels, not an RGB or grey image; pass layout="
-                    f"'{'nhwc' if layout == 'nchw' else 'nchw'}' if the layout is the other one"
-                )
-            static = tuple(shape[a] for a in hw_axes)
-        else:
-            n_channels, static = None, (None, None)
-        if self.input_size is not None:
-            size = as_hw(self.input_size)
-            if all(v is not None for v in static) and tuple(static) != size:
-                raise ModelError(
-                    f"input_size {self.input_size!r} disagrees with {path}, whose input is "
-                    f"fixed at {static[0]}x{static[1]}: drop input_size or pass {static[0]}"
-                )
-        elif all(v is not None for v in static):
-            size = (int(static[0]), int(static[1]))  # type: ignore[arg-type]
-        elif shape is None:
-            size = (224, 224)
-            logger.info("%s declares no input shape: using input_size 224", path)
-        else:
-            raise ModelError(
-                f"{path} has a dynamic input size ({_fmt(shape)}): pass input_size (e.g. 224)"
-            )
+        layout, n_channels, size = input_geometry(
+            rt.input.shape, s("layout"), s("input_size"), self.default_layout, str(path)
+        )
         quantised = rt.input.dtype.kind in "iu"
         info = {
             "sha256": sha,
@@ -337,13 +312,15 @@ class DeepEmbedder(Embedder):
 
     # --- inference ------------------------------------------------------------------------
     def _normalisation(self) -> tuple[Any, Any]:
+        s = self._setting
         assert self._info is not None
-        if self.mean is None and self.std is None and not self._info["quantized_input"]:
+        if s("mean") is None and s("std") is None and not self._info["quantized_input"]:
             return IMAGENET_MEAN, IMAGENET_STD
-        return self.mean, self.std
+        return s("mean"), s("std")
 
     def _forward(self, images: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
         """Pooled, de-quantised, not yet normalised vectors of a list of images."""
+        s = self._setting
         info = self._info
         assert info is not None
         rt = self._get_runtime()
@@ -358,8 +335,8 @@ class DeepEmbedder(Embedder):
             x = prepare_batch(
                 chunk,
                 info["input_size"],
-                resize=self.resize,
-                channels=self.channels,
+                resize=s("resize"),
+                channels=s("channels"),
                 layout=info["layout"],
                 mean=mean,
                 std=std,
@@ -372,7 +349,7 @@ class DeepEmbedder(Embedder):
             if q is not None and np.asarray(y).dtype.kind in "iu":
                 axis = q["axis"] if len(q["scale"]) > 1 else -1
                 y = dequantize(y, q["scale"], q["zero_point"], axis=axis)
-            out.append(pool(y, self.pooling, float(self.p), info["layout"]))
+            out.append(pool(y, s("pooling"), float(s("p")), info["layout"]))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def extract_batch(self, images: Sequence[NDArray[np.uint8]]) -> list[NDArray[np.float32]]:

@@ -6,6 +6,7 @@ and by the Siamese backbone's training loop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("squash", "center-crop", "letterbox")
 CHANNEL_ORDERS = ("rgb", "bgr")
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "CHANNEL_ORDERS",
     "IMAGENET_MEAN",
@@ -31,6 +34,7 @@ __all__ = [
     "channel_triple",
     "format_shape",
     "guess_layout",
+    "input_geometry",
     "prepare_batch",
     "resize_image",
 ]
@@ -243,3 +247,47 @@ def guess_layout(shape: Sequence[int | None] | None, default: str) -> str:
     if first in (1, 3) and last not in (1, 3):
         return "nchw"
     return default
+
+
+def input_geometry(
+    shape: Sequence[int | None] | None, layout: str | None, input_size: Any,
+    default_layout: str, path: str,
+) -> tuple[str, int | None, tuple[int, int]]:
+    """``(layout, channels, (height, width))`` of a model from its declared input ``shape``
+    and the user's ``layout`` and ``input_size`` (``None``: from the shape); a
+    :class:`ModelError` naming the fix when they disagree or the size is unknown."""
+    if shape is not None and len(shape) != 4:
+        raise ModelError(
+            f"{path} takes input of shape {format_shape(shape)}; an image model takes a 4-d batch "
+            "(N, C, H, W) or (N, H, W, C)"
+        )
+    layout = layout or guess_layout(shape, default_layout)
+    if shape is not None:
+        c_axis, hw_axes = (1, (2, 3)) if layout == "nchw" else (3, (1, 2))
+        n_channels = shape[c_axis]
+        if n_channels not in (None, 1, 3):
+            raise ModelError(
+                f"{path} takes input of shape {format_shape(shape)}: with layout {layout} that is "
+                f"{n_channels} channels, not an RGB or grey image; pass layout="
+                f"'{'nhwc' if layout == 'nchw' else 'nchw'}' if the layout is the other one"
+            )
+        static = tuple(shape[a] for a in hw_axes)
+    else:
+        n_channels, static = None, (None, None)
+    if input_size is not None:
+        size = as_hw(input_size)
+        if all(v is not None for v in static) and tuple(static) != size:
+            raise ModelError(
+                f"input_size {input_size!r} disagrees with {path}, whose input is "
+                f"fixed at {static[0]}x{static[1]}: drop input_size or pass {static[0]}"
+            )
+    elif all(v is not None for v in static):
+        size = (int(static[0]), int(static[1]))  # type: ignore[arg-type]
+    elif shape is None:
+        size = (224, 224)
+        logger.info("%s declares no input shape: using input_size 224", path)
+    else:
+        raise ModelError(
+            f"{path} has a dynamic input size ({format_shape(shape)}): pass input_size (e.g. 224)"
+        )
+    return layout, n_channels, size
