@@ -62,8 +62,8 @@ class PretrainedEmbedder(DeepEmbedder):
         device: str = "auto",
     ):
         self.model_name = model_name
-        self.pooling = pooling
-        self.p = p
+        self.pooling = pooling  # type: ignore[assignment]
+        self.p = p  # type: ignore[assignment]
         self.batch_size = batch_size
         self.n_threads = n_threads
         self.device = device
@@ -85,7 +85,7 @@ class PretrainedEmbedder(DeepEmbedder):
         return str(self._fetched()["runtime"])
 
     @property
-    def model_path(self) -> str:
+    def model_path(self) -> str:  # type: ignore[override]
         """The cached file this embedder runs."""
         return str(self._fetched()["path"])
 
