@@ -21,11 +21,11 @@ from cvretrieval.embedders.deep import (
     IMAGENET_STD,
     ModelError,
     ONNXEmbedder,
-    _open_runtime,
     prepare_batch,
     resize_image,
 )
 from cvretrieval.embedders.pooling import dequantize, gap, gem, mac, pool
+from cvretrieval.embedders.runtimes import open_runtime as _open_runtime
 from cvretrieval.errors import BundleError, MissingExtraError
 
 RNG = np.random.default_rng(7)

@@ -16,11 +16,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="Siamese training needs PyTorch (extra 'siamese')")
 
 from cvretrieval.errors import BundleError, MissingExtraError  # noqa: E402
+from cvretrieval.siamese.export import export_onnx  # noqa: E402
 from cvretrieval.siamese.head import (  # noqa: E402
     ProjectionHead,
     SiameseModel,
     embed_numpy,
-    export_onnx,
     parse_head,
     pca_init,
 )

@@ -62,6 +62,10 @@ def train_group() -> None:
               help="--backbone: output dimension (default the trunk's channels).")
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
               help="--backbone: batches per epoch (default one pass over the images).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, envvar="CVRET_DEVICE",
+              help="Where the head or --backbone trains: auto = a CUDA GPU when PyTorch sees "
+                   "one, else the CPU (env CVRET_DEVICE).")
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="Where base embeddings are cached (default: in the model folder).")
@@ -75,7 +79,7 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
                       patience: int | None, batch_p: int | None, batch_k: int,
                       lr: float | None, weight_decay: float, val_split: float,
                       backbone: str | None, weights: Path | None, input_size: int, freeze: int,
-                      dim: int | None, steps_per_epoch: int | None, max_side: int,
+                      dim: int | None, steps_per_epoch: int | None, device: str, max_side: int,
                       cache_dir: Path | None, n_jobs: int, random_state: int, output: Path,
                       out: Output) -> None:
     """Train a Siamese projection head over a frozen embedder on DATASET's classes.
@@ -104,7 +108,8 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
                            max_side=max_side, random_state=random_state, out_dir=output,
                            cache_dir=cache_dir, progress=out.progress, n_jobs=n_jobs,
                            backbone=backbone, weights=weights, input_size=input_size,
-                           freeze=freeze, dim=dim, steps_per_epoch=steps_per_epoch)
+                           freeze=freeze, dim=dim, steps_per_epoch=steps_per_epoch,
+                           device=device)
     out.text(f"model written to {output}: validation mAP {result.get('val_mAP', 0):.4f} "
              f"(base {result.get('base_val_mAP', 0):.4f}, best epoch {result.get('best_epoch')}); "
              f"use it with --features siamese:{output}")

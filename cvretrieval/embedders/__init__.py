@@ -8,6 +8,8 @@ Spec strings:
 - a model file, ``onnx:PATH``, ``tflite:PATH``, ``torchscript:PATH``, or a trained Siamese
   model folder, ``siamese:MODEL_DIR`` (the part after the first colon fills the class's
   ``path_param``: ``model_path``, or ``model_dir`` for Siamese);
+- a registered pretrained model, ``model:NAME`` (``cvret models list``; fetched first with
+  ``cvret models fetch NAME``);
 - third-party embedders registered under the entry-point group ``cvretrieval.embedders``:
   the entry point's name, ``DISTRIBUTION:name``, or ``name:PATH`` when the class declares
   a ``path_param``.
@@ -56,6 +58,7 @@ LAZY_BUILTINS: dict[str, LazyEntry] = {
     "tflite": LazyEntry("cvretrieval.embedders.deep", "TFLiteEmbedder", "model_path"),
     "torchscript": LazyEntry("cvretrieval.embedders.deep", "TorchScriptEmbedder", "model_path"),
     "siamese": LazyEntry("cvretrieval.embedders.siamese", "SiameseEmbedder", "model_dir"),
+    "model": LazyEntry("cvretrieval.embedders.pretrained", "PretrainedEmbedder", "model_name"),
 }
 #: families that take a local detector as a suffix: ``bovw-sift``, ``vlad-orb``
 LOCAL_FAMILIES = ("bovw", "vlad")

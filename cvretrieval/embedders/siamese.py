@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from .._json import read_json_manifest
 from ..errors import BundleError, MissingExtraError
 from .base import Embedder, l2_normalize
-from .deep import file_sha256
+from .runtimes import file_sha256
 
 logger = logging.getLogger(__name__)
 

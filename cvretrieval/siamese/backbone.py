@@ -53,7 +53,6 @@ ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ONNX_OPSET = 17
 
 
 class _Basic(nn.Module):
@@ -298,7 +297,7 @@ def decode_images(
     from tqdm.auto import tqdm
 
     def one(path: Path) -> NDArray[np.uint8] | str:
-        from ..embedders.deep import resize_image
+        from ..embedders.preprocess import resize_image
         from ..io import ImageReadError, read_image
 
         try:
@@ -323,7 +322,7 @@ def decode_images(
 
 
 def _to_input(images: NDArray[np.uint8], flip: NDArray[np.bool_] | None = None) -> Any:
-    from ..embedders.deep import prepare_batch
+    from ..embedders.preprocess import prepare_batch
 
     if flip is not None and flip.any():
         images = images.copy()
@@ -336,13 +335,16 @@ def _to_input(images: NDArray[np.uint8], flip: NDArray[np.bool_] | None = None) 
 def embed_images(
     model: Any, images: NDArray[np.uint8], batch_size: int = 16
 ) -> NDArray[np.float32]:
-    """Run ``model`` (eval mode, no gradients) over uint8 images; ``(n, out)`` float32."""
+    """Run ``model`` (eval mode, no gradients, on its device) over uint8 images;
+    ``(n, out)`` float32."""
     was = model.training
     model.eval()
+    device = next(iter(model.parameters()), torch.zeros(0)).device
     out = []
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
-            out.append(model(_to_input(images[lo : lo + batch_size])).numpy())
+            x = _to_input(images[lo : lo + batch_size]).to(device)
+            out.append(model(x).cpu().numpy())
     model.train(was)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
@@ -370,6 +372,7 @@ def fit_backbone(
     weight_decay: float = 1e-4,
     random_state: int = 0,
     progress: bool | None = True,
+    device: str = "auto",
 ) -> tuple[Any, dict[str, Any]]:
     """Fine-tune a :class:`RetrievalNet` on decoded images; keep the best validation epoch.
 
@@ -393,6 +396,9 @@ def fit_backbone(
     lr : float, optional
         AdamW learning rate; default 1e-5 with pretrained ``weights``, 1e-4 without.
     random_state : int, default 0
+    device : {'auto', 'cpu', 'cuda'}, default 'auto'
+        Where the network trains (``auto``: a CUDA GPU when PyTorch sees one); the
+        returned model is on the CPU.
 
     Returns
     -------
@@ -406,17 +412,19 @@ def fit_backbone(
     """
     from tqdm.auto import tqdm
 
+    from ..embedders.devices import torch_device
+    from .data import class_retrieval_metrics
     from .losses import batch_loss
     from .mining import PKSampler
-    from .train import class_retrieval_metrics
 
+    dev = torch_device(device, torch)
     torch.manual_seed(random_state)
     rng = np.random.default_rng(random_state)
     backbone = BackboneNet(arch, p=p, freeze=freeze)
     loaded = load_weights(backbone.trunk, weights) if weights is not None else None
     if loaded is None:
         logger.warning("no --weights: the %s starts from random weights", arch)
-    model = RetrievalNet(backbone, dim)
+    model = RetrievalNet(backbone, dim).to(dev)
     margin = float(margin if margin is not None else (0.2 if loss == "triplet" else 0.8))
     lr = float(lr if lr is not None else (1e-5 if loaded is not None else 1e-4))
     params = [q for q in model.parameters() if q.requires_grad]
@@ -449,8 +457,9 @@ def fit_backbone(
                        leave=False)
             for idx in bar:
                 flip = rng.random(len(idx)) < 0.5
-                emb = model(_to_input(images[idx], flip))
-                value, _ = batch_loss(emb, torch.as_tensor(y[idx]), loss, margin, mining, rng)
+                emb = model(_to_input(images[idx], flip).to(dev))
+                labels = torch.as_tensor(y[idx]).to(dev)
+                value, _ = batch_loss(emb, labels, loss, margin, mining, rng)
                 opt.zero_grad()
                 value.backward()
                 opt.step()
@@ -471,7 +480,7 @@ def fit_backbone(
         model.load_state_dict(best_state)
     finally:
         torch.set_num_threads(threads)
-    model.eval()
+    model.cpu().eval()
     return model, {
         "history": history,
         "best_epoch": best_epoch,
@@ -479,28 +488,8 @@ def fit_backbone(
         "base_val_mAP": base,
         "margin": margin,
         "lr": lr,
+        "device": dev,
         "weights": loaded,
         "gem_p": float(model.backbone.pool.p.detach()),
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def export_backbone_onnx(backbone: BackboneNet, path: str | Path, size: int) -> Path:
-    """Write ``backbone`` as ONNX: input ``image`` float32 ``(batch, 3, size, size)``
-    (ImageNet-normalised RGB), output ``features`` ``(batch, dim)``, unit rows."""
-    import warnings
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was = backbone.training
-    backbone.eval()
-    dummy = torch.zeros(1, 3, int(size), int(size), dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            backbone, (dummy,), str(path), input_names=["image"], output_names=["features"],
-            dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=ONNX_OPSET, dynamo=False, external_data=False,
-        )
-    backbone.train(was)
-    return path

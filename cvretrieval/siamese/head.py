@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,6 @@ from ._torch import F, nn, torch
 logger = logging.getLogger(__name__)
 
 #: ONNX opset of exported heads (onnxruntime ≥ 1.10 runs it)
-ONNX_OPSET = 17
 
 
 def parse_head(head: str | int | Sequence[int]) -> tuple[int, ...]:
@@ -233,51 +231,13 @@ def embed_numpy(model: Any, X: NDArray[np.floating], batch_size: int = 4096) -> 
     """Run a module on an array in eval mode without gradients; ``(n, out)`` float32."""
     was_training = model.training
     model.eval()
+    device = next(iter(model.parameters()), torch.zeros(0)).device  # where the model lives
     out = []
     with torch.no_grad():
         for i in range(0, len(X), batch_size):
             batch = torch.as_tensor(np.asarray(X[i : i + batch_size], np.float32))
-            out.append(model(batch).numpy())
+            out.append(model(batch.to(device)).cpu().numpy())
     model.train(was_training)
     if not out:
         return np.zeros((0, getattr(model, "out_dim", 0)), np.float32)
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
-
-
-def export_onnx(model: Any, path: str | Path, in_dim: int | None = None) -> Path:
-    """Write ``model`` (a :class:`SiameseModel` or any ``(n, in_dim) → (n, out)`` module) to ONNX.
-
-    The graph has one input ``embedding`` (float32, ``(batch, in_dim)``) and one output
-    ``output``, with a dynamic batch axis; opset :data:`ONNX_OPSET`. Uses the TorchScript
-    exporter (``dynamo=False``), which needs no package beyond torch and onnx.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    in_dim = int(in_dim if in_dim is not None else model.in_dim)
-    was_training = model.training
-    model.eval()
-    dummy = torch.zeros(2, in_dim, dtype=torch.float32)
-    dummy[:, 0] = 1.0
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            input_names=["embedding"],
-            output_names=["output"],
-            dynamic_axes={"embedding": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-            external_data=False,
-        )
-    model.train(was_training)
-    logger.info("exported the head to %s", path)
-    return path
