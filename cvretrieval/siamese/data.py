@@ -142,9 +142,10 @@ def embed_base(
 ) -> tuple[Embedder, NDArray[np.float32], NDArray[np.int64]]:
     """Embed images once with the base embedder (fitting it if it needs fitting), cached.
 
-    The images go through :meth:`cvretrieval.Retriever.build` (parallel extraction,
-    unreadable images skipped). With ``cache_dir``, the vectors (``base-KEY.npy``), the
-    rows that could be read (``base-KEY-rows.npy``) and the fitted embedder
+    The images go through the streaming pipeline
+    (:func:`cvretrieval.pipeline.embed_paths`: parallel extraction, the embedder fitted on a
+    sample, unreadable images skipped). With ``cache_dir``, the vectors (``base-KEY.npy``),
+    the rows that could be read (``base-KEY-rows.npy``) and the fitted embedder
     (``base-KEY/``) are stored under a key of the embedder's spec, ``max_side`` and the
     image paths, and reused on the next call with the same key.
 
@@ -157,7 +158,7 @@ def embed_base(
     rows : (m,) int64
         Their positions in ``paths``.
     """
-    from ..retriever import Retriever
+    from ..pipeline import embed_paths
 
     image_paths = [Path(p) for p in paths]
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -175,19 +176,18 @@ def embed_base(
                     return fitted, np.ascontiguousarray(X, np.float32), rows
             except CVRetrievalError as exc:
                 logger.warning("ignoring the unusable cache %s (%s)", xf, exc)
-    ret = Retriever(embedder, index="flat", max_side=max_side, n_jobs=n_jobs,
-                    random_state=random_state).build(image_paths, progress=progress)
-    X, rows_list, _ = ret.embed_queries(image_paths)  # the vectors computed by build, in order
-    rows = np.asarray(rows_list, np.int64)
-    X = np.ascontiguousarray(X, np.float32)
+    X, rows, errors = embed_paths(embedder, image_paths, max_side=max_side, n_jobs=n_jobs,
+                                  random_state=random_state, progress=progress)
+    for position, error in errors[:20]:
+        logger.warning("skipped %s: %s", image_paths[position], error)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         if ed.exists():
             shutil.rmtree(ed)
-        ret.embedder.save(ed)
+        embedder.save(ed)
         np.save(rf, rows)
         np.save(xf, X)
-    return ret.embedder, X, rows
+    return embedder, X, rows
 
 
 def split_classes(
