@@ -310,6 +310,8 @@ def _read_file(path: Path) -> bytes:
         raise ImageReadError(f"cannot read image {path}: file does not exist")
     if path.is_dir():
         raise ImageReadError(f"cannot read image {path}: it is a directory, not an image file")
+    if not path.is_file():  # a FIFO or a device: opening it could block or never end
+        raise ImageReadError(f"cannot read image {path}: not a regular file; it is not opened")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -338,8 +340,7 @@ def _decode(
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
         raise ImageReadError(
-            f"cannot read image {name}: not a recognised image format "
-            f"({len(data)} bytes starting {data[:8]!r})"
+            f"cannot read image {name}: not a recognised image format ({len(data)} bytes)"
         ) from err
     except Exception as err:  # Pillow raises many types on malformed headers
         raise ImageReadError(

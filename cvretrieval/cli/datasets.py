@@ -18,7 +18,8 @@ def datasets_group() -> None:
 
 @datasets_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
-@click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
+@click.option("--format", "fmt", default=None,
+              help="Force a dataset layout, e.g. query-gallery (default: detect).")
 @click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
 @click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="Where images extracted from TFRecords go.")
@@ -28,7 +29,11 @@ def datasets_group() -> None:
 @common_options
 def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache: Path | None,
                    no_decode: bool, no_duplicates: bool, out: Output) -> None:
-    """Validate and summarise the data set at PATH (any supported layout)."""
+    """Validate and summarise the data set at PATH (any supported layout).
+
+    Exits with status 1 when a file is missing, unreadable or duplicated, a query box
+    is empty, inverted or outside its image, or the reader skipped a file.
+    """
     from ..datasets import check_dataset, format_check
 
     report = check_dataset(path, format=fmt, decode=not no_decode, protocol=protocol,
@@ -36,6 +41,8 @@ def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache
                            progress=out.progress)
     out.text(format_check(report))
     out.result(report)
+    if not report["ok"]:
+        raise click.exceptions.Exit(1)
 
 
 @datasets_group.command("list")
