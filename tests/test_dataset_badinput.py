@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_run
 from PIL import Image
 
-from conftest import cli_run
 from cvretrieval.datasets import (
     RetrievalDataset,
     check_dataset,

@@ -1,4 +1,4 @@
-"""``check_dataset``: read a data set and list everything wrong with it; ``format_check``: as text."""
+"""``check_dataset``: list everything wrong with a data set; ``format_check``: the same as text."""
 
 from __future__ import annotations
 
