@@ -158,7 +158,7 @@ def extract_archive(
     Traceback (most recent call last):
     ...
     cvretrieval.errors.DatasetError: archive a.tar: member '../evil.txt' would be written \
-outside the target folder (absolute path or '..'); refusing to extract this archive
+outside the target folder ('..' leads out of it); refusing to extract this archive
     """
     archive = Path(archive)
     dest = Path(dest)
@@ -238,8 +238,13 @@ def _filtered(archive: Path, dest: Path, m: tarfile.TarInfo) -> tarfile.TarInfo 
         logger.warning("%s: skipping special member %r", archive.name, m.name)
         return None
     except tarfile.FilterError as exc:
-        why = type(exc).__name__.replace("Error", "")
-        why = re.sub(r"(?<!^)(?=[A-Z])", " ", why).lower()
+        link = f"link to {m.linkname!r}"
+        why = {
+            "OutsideDestinationError": "'..' leads out of it",
+            "AbsolutePathError": "absolute path",
+            "LinkOutsideDestinationError": link,
+            "AbsoluteLinkError": f"absolute {link}",
+        }.get(type(exc).__name__, type(exc).__name__)
         raise _escape_error(archive, m.name, why) from None
 
 

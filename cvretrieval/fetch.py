@@ -25,7 +25,7 @@ scheme and host of every URL, e.g. to use a mirror or a local test server.
 Examples
 --------
 >>> sorted(load_registry())
-['caltech101', 'holidays', 'roxford5k', 'rparis6k', 'ukbench']
+['caltech101', 'holidays', 'revisitop1m', 'roxford5k', 'rparis6k', 'ukbench']
 >>> rebase_url("https://www.robots.ox.ac.uk/~vgg/a.tgz", "http://127.0.0.1:8000/mirror")
 'http://127.0.0.1:8000/mirror/~vgg/a.tgz'
 """
@@ -137,11 +137,46 @@ def _known_hash(name: str, spec: Mapping[str, Any]) -> str | None:
     return value if alg == "sha256" else f"{alg}:{value}"
 
 
+def _expand_shards(name: str, files: Any) -> list[Any]:
+    """File specs with ``"shards": [first, last]`` become one spec per number ``{i}``.
+
+    ``{i}`` in ``url``, ``fname`` and ``dest`` is replaced by each number of the
+    inclusive range (revisitop1m: ``revisitop1m.{i}.tar.gz``, 1..100).
+    """
+    if not isinstance(files, list):
+        return files
+    out: list[Any] = []
+    for k, spec in enumerate(files):
+        if not isinstance(spec, Mapping) or "shards" not in spec:
+            out.append(spec)
+            continue
+        rng = spec["shards"]
+        if (
+            not isinstance(rng, list)
+            or len(rng) != 2
+            or not all(type(v) is int for v in rng)
+            or not 0 <= rng[0] <= rng[1]
+        ):
+            raise DatasetError(
+                f"registry entry {name!r} file {k}: shards must be [first, last] with "
+                f"0 <= first <= last, got {rng!r}"
+            )
+        if "{i}" not in str(spec.get("fname", "")):
+            raise DatasetError(f"registry entry {name!r} file {k}: a sharded fname needs '{{i}}'")
+        for i in range(rng[0], rng[1] + 1):
+            one = {key: v for key, v in spec.items() if key != "shards"}
+            for key in ("url", "fname", "dest"):
+                if isinstance(one.get(key), str):
+                    one[key] = one[key].replace("{i}", str(i))
+            out.append(one)
+    return out
+
+
 def _check_entry(name: str, entry: Any) -> list[dict[str, Any]]:
-    """Validate a registry entry; return its file specs."""
+    """Validate a registry entry; return its file specs (shards expanded)."""
     if not isinstance(entry, Mapping):
         raise DatasetError(f"registry entry {name!r} must be an object")
-    files = entry.get("files")
+    files = _expand_shards(name, entry.get("files"))
     if not isinstance(files, list) or not files:
         raise DatasetError(f"registry entry {name!r} has no 'files' list")
     _check_relpath(entry.get("path", "."), f"registry entry {name!r}: path")
@@ -186,7 +221,7 @@ def list_datasets(registry: Mapping[str, Any] | None = None) -> list[dict[str, A
     rows = []
     for name in sorted(reg):
         e = reg[name]
-        files = e.get("files", [])
+        files = _expand_shards(name, e.get("files", []))
         rows.append(
             {
                 "name": name,
@@ -269,8 +304,9 @@ def fetch_dataset(
     Parameters
     ----------
     name : str
-        A registry name: ``roxford5k``, ``rparis6k``, ``holidays``, ``ukbench``,
-        ``caltech101`` (see :func:`list_datasets`).
+        A registry name: ``roxford5k``, ``rparis6k``, ``revisitop1m`` (their 1M
+        distractors), ``holidays``, ``ukbench``, ``caltech101`` (see
+        :func:`list_datasets`).
     to : path-like
         The folder that receives everything (created). Downloads and partial
         files live in ``to/.cvret-fetch/``; nothing is written elsewhere.

@@ -134,7 +134,7 @@ def _files_under(root: Path) -> set[str]:
 # --------------------------------------------------------------------------- the shipped registry
 def test_shipped_registry_names_and_entries_are_valid():
     reg = load_registry()
-    assert set(reg) == {"roxford5k", "rparis6k", "holidays", "ukbench", "caltech101"}
+    assert set(reg) == {"roxford5k", "rparis6k", "revisitop1m", "holidays", "ukbench", "caltech101"}
     for name, entry in reg.items():
         files = _check_entry(name, entry)
         assert files and all(f["url"].startswith(("http://", "https://", "ftp://")) for f in files)

@@ -73,12 +73,16 @@ def datasets_list(out: Output) -> None:
 def datasets_fetch(name: str, to: Path, base_url: str | None, allow_unverified: bool,
                    keep_archives: bool, force: bool, out: Output) -> None:
     """Download the public benchmark NAME (see `cvret datasets list`) into --to."""
-    from ..fetch import fetch_dataset
+    from ..fetch import dataset_info, fetch_dataset
 
     path = fetch_dataset(name, to, base_url=base_url, progress=out.progress is not False,
                          allow_unverified=allow_unverified, keep_archives=keep_archives,
                          force=force)
-    out.text(f"{name} is ready: cvret eval {path}")
+    if dataset_info(name).get("format") == "distractors":
+        out.text(f"{name} is ready: distractor images in {path} (no queries: index them "
+                 "together with a benchmark's gallery)")
+    else:
+        out.text(f"{name} is ready: cvret eval {path}")
     out.result({"name": name, "path": str(path)})
 
 
