@@ -42,7 +42,7 @@ def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache
     out.text(format_check(report))
     out.result(report)
     if not report["ok"]:
-        raise click.exceptions.Exit(1)
+        raise SystemExit(1)  # the report is printed: no further message
 
 
 @datasets_group.command("list")
