@@ -90,6 +90,8 @@ def test_explicit_lists_are_stored_flat_with_offsets():
         Path("."), ["a", "b", "c"], ["q"], [{"ok": [1]}], protocols={"x": gt[:1]}
     )
     assert other.with_protocol("x").gnd[0] == {"ok": [2, 0], "junk": [1]}
+    assert gt == [{"ok": [2, 0], "junk": [1]}, {"ok": [], "junk": []}] and gt != gt[:1]
+    assert ds == RetrievalDataset(Path("."), ["a", "b", "c"], ["q", "r"], list(gt))
 
 
 # --------------------------------------------------------------------------- query / gallery

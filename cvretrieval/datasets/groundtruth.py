@@ -128,6 +128,14 @@ class GroundTruth(Sequence):  # type: ignore[type-arg]
             return [self.entry(i) for i in range(*index.indices(len(self)))]
         return self.entry(index)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to another ground truth or list holding the same per-query dicts."""
+        if not isinstance(other, (GroundTruth, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(self[i] == other[i] for i in range(len(self)))
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_queries={len(self)}, n_images={self.n_images})"
 
