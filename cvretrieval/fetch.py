@@ -25,7 +25,7 @@ scheme and host of every URL, e.g. to use a mirror or a local test server.
 Examples
 --------
 >>> sorted(load_registry())
-['caltech101', 'holidays', 'roxford5k', 'rparis6k', 'ukbench']
+['caltech101', 'holidays', 'revisitop1m', 'roxford5k', 'rparis6k', 'ukbench']
 >>> rebase_url("https://www.robots.ox.ac.uk/~vgg/a.tgz", "http://127.0.0.1:8000/mirror")
 'http://127.0.0.1:8000/mirror/~vgg/a.tgz'
 """
@@ -33,23 +33,19 @@ Examples
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import logging
 import os
 import re
 import shutil
-import stat
-import tarfile
 import time
-import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
+from cvretrieval._archive import SafeExtract, extract_archive, member_relpath
+from cvretrieval._download import ResumableDownloader, rebase_url
 from cvretrieval._json import write_json_atomic
 from cvretrieval.errors import DatasetError
 
@@ -121,7 +117,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, dict[
 def _check_relpath(value: Any, what: str) -> PurePosixPath:
     if not isinstance(value, str) or not value:
         raise DatasetError(f"{what} must be a non-empty relative path, got {value!r}")
-    rel = _member_relpath(value)
+    rel = member_relpath(value)
     if rel is None:
         raise DatasetError(f"{what} {value!r} must be a relative path without '..'")
     return rel
@@ -141,11 +137,46 @@ def _known_hash(name: str, spec: Mapping[str, Any]) -> str | None:
     return value if alg == "sha256" else f"{alg}:{value}"
 
 
+def _expand_shards(name: str, files: Any) -> list[Any]:
+    """File specs with ``"shards": [first, last]`` become one spec per number ``{i}``.
+
+    ``{i}`` in ``url``, ``fname`` and ``dest`` is replaced by each number of the
+    inclusive range (revisitop1m: ``revisitop1m.{i}.tar.gz``, 1..100).
+    """
+    if not isinstance(files, list):
+        return files
+    out: list[Any] = []
+    for k, spec in enumerate(files):
+        if not isinstance(spec, Mapping) or "shards" not in spec:
+            out.append(spec)
+            continue
+        rng = spec["shards"]
+        if (
+            not isinstance(rng, list)
+            or len(rng) != 2
+            or not all(type(v) is int for v in rng)
+            or not 0 <= rng[0] <= rng[1]
+        ):
+            raise DatasetError(
+                f"registry entry {name!r} file {k}: shards must be [first, last] with "
+                f"0 <= first <= last, got {rng!r}"
+            )
+        if "{i}" not in str(spec.get("fname", "")):
+            raise DatasetError(f"registry entry {name!r} file {k}: a sharded fname needs '{{i}}'")
+        for i in range(rng[0], rng[1] + 1):
+            one = {key: v for key, v in spec.items() if key != "shards"}
+            for key in ("url", "fname", "dest"):
+                if isinstance(one.get(key), str):
+                    one[key] = one[key].replace("{i}", str(i))
+            out.append(one)
+    return out
+
+
 def _check_entry(name: str, entry: Any) -> list[dict[str, Any]]:
-    """Validate a registry entry; return its file specs."""
+    """Validate a registry entry; return its file specs (shards expanded)."""
     if not isinstance(entry, Mapping):
         raise DatasetError(f"registry entry {name!r} must be an object")
-    files = entry.get("files")
+    files = _expand_shards(name, entry.get("files"))
     if not isinstance(files, list) or not files:
         raise DatasetError(f"registry entry {name!r} has no 'files' list")
     _check_relpath(entry.get("path", "."), f"registry entry {name!r}: path")
@@ -190,7 +221,7 @@ def list_datasets(registry: Mapping[str, Any] | None = None) -> list[dict[str, A
     rows = []
     for name in sorted(reg):
         e = reg[name]
-        files = e.get("files", [])
+        files = _expand_shards(name, e.get("files", []))
         rows.append(
             {
                 "name": name,
@@ -214,539 +245,6 @@ def dataset_info(name: str, registry: Mapping[str, Any] | None = None) -> dict[s
             f"unknown data set {name!r}; known: {', '.join(sorted(reg)) or '(none)'}"
         )
     return copy.deepcopy(dict(reg[name]))
-
-
-# =========================================================================== URLs
-def rebase_url(url: str, base_url: str | None) -> str:
-    """Replace the scheme and host of ``url`` by ``base_url`` (its path is kept as a prefix).
-
-    Parameters
-    ----------
-    url : str
-        The official URL.
-    base_url : str or None
-        ``scheme://host[:port][/prefix]``; ``None`` or ``""`` returns ``url`` unchanged.
-
-    Examples
-    --------
-    >>> rebase_url("ftp://ftp.example.org/pub/a.tar.gz?x=1", "http://localhost:9")
-    'http://localhost:9/pub/a.tar.gz?x=1'
-    """
-    if not base_url:
-        return url
-    base = urlsplit(base_url)
-    if not base.scheme or not base.netloc:
-        raise DatasetError(
-            f"base URL {base_url!r} must look like scheme://host[:port][/prefix], "
-            "e.g. http://127.0.0.1:8000"
-        )
-    parts = urlsplit(url)
-    out = base_url.rstrip("/") + (parts.path or "/")
-    if parts.query:
-        out += "?" + parts.query
-    return out
-
-
-# =========================================================================== download
-class ResumableDownloader:
-    """A pooch downloader that resumes interrupted HTTP(S) downloads.
-
-    Bytes are appended to ``part_path``; when that file already exists the
-    request asks for the rest only (``Range: bytes=<size>-``). A server that
-    ignores the range (status 200) makes the download restart from zero. When
-    the transfer is complete the ``.part`` file is renamed to the temporary file
-    pooch hands over, so pooch's hash check decides whether it becomes final.
-    ``ftp://`` URLs are handed to :class:`pooch.FTPDownloader` (no resuming).
-
-    Parameters
-    ----------
-    part_path : path-like
-        Where the partial download lives (same folder as the final file).
-    progress : bool
-        Show a tqdm progress bar (only when stderr is a terminal).
-    timeout : float
-        Seconds to wait for the server to connect or send the next bytes.
-    chunk_size : int
-        Bytes read per step.
-
-    Notes
-    -----
-    Called by pooch as ``downloader(url, output_file, pooch, check_only=False)``.
-    """
-
-    def __init__(
-        self,
-        part_path: str | os.PathLike[str],
-        *,
-        progress: bool = True,
-        timeout: float = 60.0,
-        chunk_size: int = _CHUNK,
-    ) -> None:
-        self.part_path = Path(part_path)
-        self.progress = progress
-        self.timeout = timeout
-        self.chunk_size = chunk_size
-
-    def __call__(
-        self, url: str, output_file: Any, pooch: Any, check_only: bool = False
-    ) -> bool | None:
-        if urlsplit(url).scheme == "ftp":
-            import pooch as _pooch
-
-            return _pooch.FTPDownloader(progressbar=bool(self.progress))(
-                url, output_file, pooch, check_only=check_only
-            )
-        import requests
-
-        if check_only:
-            r = requests.head(url, allow_redirects=True, timeout=self.timeout)
-            return bool(r.ok)
-        self._download(url, restart_allowed=True)
-        os.replace(self.part_path, output_file)
-        return None
-
-    def _download(self, url: str, *, restart_allowed: bool) -> None:
-        import requests
-        import urllib3
-
-        part = self.part_path
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
-            if offset and r.status_code == 416:
-                # nothing left to send: complete if the server's size is ours
-                m = re.match(r"bytes \*/(\d+)", r.headers.get("Content-Range", ""))
-                if m and int(m.group(1)) == offset:
-                    logger.info("%s was already complete (%d bytes)", part.name, offset)
-                    return
-                logger.warning("%s is larger than the remote file; starting again", part.name)
-                part.unlink()
-                if restart_allowed:
-                    self._download(url, restart_allowed=False)
-                    return
-            r.raise_for_status()
-            mode = "wb"
-            if offset:
-                start = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-                if r.status_code == 206 and start and int(start.group(1)) == offset:
-                    mode = "ab"
-                    logger.info("resuming %s at byte %d", part.name, offset)
-                else:
-                    logger.info("server ignored the range request; downloading %s again", url)
-                    offset = 0
-            length = r.headers.get("Content-Length")
-            total = int(length) + offset if length and length.isdigit() else None
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name[: -len(".part")] if part.name.endswith(".part") else part.name,
-                disable=None if self.progress else True,
-                leave=False,
-            )
-            try:
-                with open(part, mode) as fh:
-                    # raw reads: the bytes as sent (no content decoding, so offsets stay
-                    # valid for the next Range request) and a short read is kept, not lost
-                    while True:
-                        chunk = r.raw.read(self.chunk_size, decode_content=False)
-                        if not chunk:
-                            break
-                        fh.write(chunk)
-                        bar.update(len(chunk))
-            except urllib3.exceptions.HTTPError as exc:
-                raise DatasetError(
-                    f"download of {url} broke off after {part.stat().st_size} bytes ({exc}); "
-                    "run the same command again to resume"
-                ) from exc
-            finally:
-                bar.close()
-        size = part.stat().st_size
-        if total is not None and size != total:
-            raise DatasetError(
-                f"download of {url} stopped at {size} of {total} bytes; run the same "
-                "command again to resume"
-            )
-
-
-# =========================================================================== extraction
-def _member_relpath(name: str) -> PurePosixPath | None:
-    """The normalised relative path of an archive member, or None if it would escape.
-
-    Backslashes count as separators; absolute paths, drive letters and any
-    ``..`` component are refused (None). ``"."`` and ``""`` give ``PurePosixPath(".")``.
-    """
-    name = name.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return None
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        return None
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def _within(target: Path, root: Path) -> bool:
-    target_r = os.path.realpath(target)
-    root_r = os.path.realpath(root)
-    return target_r == root_r or target_r.startswith(root_r.rstrip(os.sep) + os.sep)
-
-
-def _matches(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    if include and not any(fnmatch.fnmatchcase(rel, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatchcase(rel, p) for p in exclude)
-
-
-def _map_name(rel: PurePosixPath, strip_components: int, flatten: bool) -> PurePosixPath | None:
-    if flatten:
-        return PurePosixPath(rel.name) if rel.name else None
-    parts = rel.parts[strip_components:]
-    return PurePosixPath(*parts) if parts else None
-
-
-def _link_escapes(member_rel: PurePosixPath, linkname: str, *, hard: bool) -> bool:
-    """Whether a link's target leaves the extraction folder."""
-    link = linkname.replace("\\", "/")
-    if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
-        return True
-    base = [] if hard else list(member_rel.parent.parts)
-    depth = len([p for p in base if p != "."])
-    for part in link.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        else:
-            depth += 1
-    return False
-
-
-def _archive_kind(path: Path, kind: str | None) -> str:
-    if kind in ("tar", "zip"):
-        return kind
-    if kind not in (None, "auto"):
-        raise DatasetError(f"unknown archive kind {kind!r}; use 'tar' or 'zip'")
-    if zipfile.is_zipfile(path):
-        return "zip"
-    if tarfile.is_tarfile(path):
-        return "tar"
-    raise DatasetError(f"{path} is neither a tar nor a zip archive")
-
-
-def extract_archive(
-    archive: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    *,
-    kind: str | None = None,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    strip_components: int = 0,
-    flatten: bool = False,
-    progress: bool = False,
-) -> list[Path]:
-    """Extract a tar (any compression) or zip archive into ``dest``, refusing escapes.
-
-    Every member is checked before anything is written: an absolute name, a
-    ``..`` component, or a symbolic/hard link whose target leaves ``dest``
-    raises :class:`DatasetError` naming the member. Tar members are then
-    extracted with :mod:`tarfile`'s ``'data'`` filter where Python has it; zip
-    members are written one by one (zip symlinks are skipped).
-
-    Parameters
-    ----------
-    archive : path-like
-        The archive file.
-    dest : path-like
-        The folder to extract into (created).
-    kind : {"tar", "zip"}, optional
-        Default: detected from the content.
-    include, exclude : sequence of str
-        ``fnmatch`` patterns on the member path (POSIX, normalised): only members
-        matching an ``include`` pattern (all when empty) and no ``exclude``
-        pattern are extracted.
-    strip_components : int
-        Drop this many leading folders from each member path (like ``tar
-        --strip-components``); members left empty are skipped.
-    flatten : bool
-        Put every file directly in ``dest`` (folders dropped; links skipped).
-    progress : bool
-        A tqdm progress bar over the members (shown only on a terminal).
-
-    Returns
-    -------
-    list of Path
-        The files written (regular files only).
-
-    Raises
-    ------
-    DatasetError
-        A member escapes ``dest``, the archive is corrupt or of an unknown kind.
-
-    Examples
-    --------
-    >>> import io, tarfile, tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> with tarfile.open(d / "a.tar", "w") as t:
-    ...     info = tarfile.TarInfo("../evil.txt"); info.size = 2
-    ...     t.addfile(info, io.BytesIO(b"hi"))
-    >>> extract_archive(d / "a.tar", d / "out")
-    Traceback (most recent call last):
-    ...
-    cvretrieval.errors.DatasetError: archive a.tar: member '../evil.txt' would be written \
-outside the target folder (absolute path or '..'); refusing to extract this archive
-    """
-    archive = Path(archive)
-    dest = Path(dest)
-    if strip_components < 0:
-        raise ValueError(f"strip_components must be >= 0, got {strip_components}")
-    k = _archive_kind(archive, kind)
-    select = _Selection(include, exclude, strip_components, flatten)
-    extract = _extract_tar if k == "tar" else _extract_zip
-    return extract(archive, dest, select, progress)
-
-
-@dataclass(frozen=True)
-class _Selection:
-    """Which archive members :func:`extract_archive` writes, and under which name."""
-
-    include: Sequence[str]
-    exclude: Sequence[str]
-    strip: int
-    flatten: bool
-
-    @property
-    def renaming(self) -> bool:
-        return bool(self.strip) or self.flatten
-
-    def picks(self, rel: PurePosixPath) -> bool:
-        return _matches(rel.as_posix(), self.include, self.exclude)
-
-    def rename(self, rel: PurePosixPath) -> PurePosixPath | None:
-        return _map_name(rel, self.strip, self.flatten) if self.renaming else rel
-
-
-def _bar(items: Sequence[Any], archive: Path, progress: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        items,
-        desc=f"extract {archive.name}",
-        unit="file",
-        disable=None if progress else True,
-        leave=False,
-    )
-
-
-def _escape_error(archive: Path, member: str, why: str) -> DatasetError:
-    return DatasetError(
-        f"archive {archive.name}: member {member!r} would be written outside the target "
-        f"folder ({why}); refusing to extract this archive"
-    )
-
-
-def _checked_relpath(archive: Path, name: str) -> PurePosixPath:
-    """The member's normalised relative path; refuse an absolute path or a ``..``."""
-    rel = _member_relpath(name)
-    if rel is None:
-        raise _escape_error(archive, name, "absolute path or '..'")
-    return rel
-
-
-def _checked_target(archive: Path, dest: Path, name: str, new: PurePosixPath) -> Path:
-    """``dest / new``; refuse it when a link already in ``dest`` leads it outside."""
-    target = dest / new
-    if dest.exists() and not _within(target, dest):
-        raise _escape_error(archive, name, "through an existing link in the target")
-    return target
-
-
-def _extract_tar(archive: Path, dest: Path, select: _Selection, progress: bool) -> list[Path]:
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DatasetError(f"cannot open {archive} as a tar archive: {exc}") from exc
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DatasetError(f"{archive} is a corrupt tar archive: {exc}") from exc
-        selected: list[tarfile.TarInfo] = []
-        written: list[Path] = []
-        # 1. check everything before writing anything
-        for m in members:
-            rel = _checked_relpath(archive, m.name)
-            if m.issym() or m.islnk():
-                if _link_escapes(rel, m.linkname, hard=m.islnk()):
-                    kind = "hard link" if m.islnk() else "symbolic link"
-                    raise _escape_error(archive, m.name, f"{kind} to {m.linkname!r}")
-            if not select.picks(rel):
-                continue
-            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                logger.warning("%s: skipping special member %r", archive.name, m.name)
-                continue
-            new = select.rename(rel)
-            if new is None or (select.renaming and not m.isfile()):
-                if m.issym() or m.islnk():
-                    logger.debug("%s: link %r skipped when renaming", archive.name, m.name)
-                continue
-            target = _checked_target(archive, dest, m.name, new)
-            if new.as_posix() != m.name:
-                m = (
-                    m.replace(name=new.as_posix(), deep=False)
-                    if hasattr(m, "replace")
-                    else (_renamed(m, new.as_posix()))
-                )
-            selected.append(m)
-            if m.isfile():
-                written.append(target)
-        # 2. extract
-        dest.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {}
-        if hasattr(tarfile, "data_filter"):
-            kwargs["filter"] = "data"
-        try:
-            for m in _bar(selected, archive, progress):
-                tar.extract(m, dest, **kwargs)
-        except tarfile.FilterError as exc:  # pragma: no cover - caught by the checks above
-            name = getattr(getattr(exc, "tarinfo", None), "name", "?")
-            raise _escape_error(archive, name, str(exc)) from exc
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DatasetError(f"{archive} could not be extracted: {exc}") from exc
-    logger.info("extracted %d files from %s into %s", len(written), archive.name, dest)
-    return written
-
-
-def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:  # pragma: no cover - old Pythons
-    new = copy.copy(m)
-    new.name = name
-    return new
-
-
-def _extract_zip(archive: Path, dest: Path, select: _Selection, progress: bool) -> list[Path]:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"cannot open {archive} as a zip archive: {exc}") from exc
-    with zf:
-        plan: list[tuple[zipfile.ZipInfo, Path]] = []
-        for info in zf.infolist():
-            rel = _checked_relpath(archive, info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                link = zf.read(info).decode("utf-8", "replace")
-                if _link_escapes(rel, link, hard=False):
-                    raise _escape_error(archive, info.filename, f"symbolic link to {link!r}")
-                logger.warning("%s: skipping symbolic link member %r", archive.name, info.filename)
-                continue
-            if not select.picks(rel):
-                continue
-            if info.is_dir():
-                continue  # folders are made for the files they hold
-            new = select.rename(rel)
-            if new is None or new == PurePosixPath("."):
-                continue
-            target = _checked_target(archive, dest, info.filename, new)
-            plan.append((info, target))
-        dest.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-        seen: set[Path] = set()
-        try:
-            for info, target in _bar(plan, archive, progress):
-                if target in seen:
-                    logger.warning("%s: %s written twice (names collide)", archive.name, target)
-                seen.add(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not _within(target, dest):  # a link created meanwhile
-                    raise _escape_error(archive, info.filename, "through a link")
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-                written.append(target)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DatasetError(f"{archive} could not be extracted: {exc}") from exc
-    logger.info("extracted %d files from %s into %s", len(written), archive.name, dest)
-    return written
-
-
-@dataclass
-class SafeExtract:
-    """A pooch processor that extracts a downloaded archive with :func:`extract_archive`.
-
-    Parameters
-    ----------
-    dest : Path
-        The folder to extract into.
-    kind : {"tar", "zip"}, optional
-    include, exclude, strip_components, flatten
-        As in :func:`extract_archive`.
-    nested : sequence of dict
-        Archives inside this one to extract instead of it: each ``{"member",
-        "kind", "dest", "include", "exclude", "strip_components", "flatten"}``
-        with ``dest`` relative to ``root``. The member is first extracted to
-        ``scratch`` (deleted afterwards).
-    root : Path, optional
-        What nested ``dest`` paths are relative to.
-    scratch : Path, optional
-        A temporary folder for nested archives.
-    """
-
-    dest: Path | None
-    kind: str | None = None
-    include: Sequence[str] = ()
-    exclude: Sequence[str] = ()
-    strip_components: int = 0
-    flatten: bool = False
-    nested: Sequence[Mapping[str, Any]] = ()
-    root: Path | None = None
-    scratch: Path | None = None
-    progress: bool = False
-
-    def __call__(self, fname: str, action: str, pooch: Any) -> str:
-        if not self.nested:
-            assert self.dest is not None
-            extract_archive(
-                fname,
-                self.dest,
-                kind=self.kind,
-                include=self.include,
-                exclude=self.exclude,
-                strip_components=self.strip_components,
-                flatten=self.flatten,
-                progress=self.progress,
-            )
-            return str(self.dest)
-        assert self.root is not None and self.scratch is not None
-        scratch = self.scratch
-        try:
-            members = [str(n["member"]) for n in self.nested]
-            extract_archive(fname, scratch, kind=self.kind, include=members)
-            for inner in self.nested:
-                member = scratch / str(_member_relpath(str(inner["member"])))
-                if not member.is_file():
-                    raise DatasetError(
-                        f"{Path(fname).name} has no member {inner['member']!r}; the archive "
-                        "changed upstream: update the registry"
-                    )
-                extract_archive(
-                    member,
-                    self.root / str(_member_relpath(str(inner["dest"]))),
-                    kind=inner.get("kind", "tar"),
-                    include=tuple(inner.get("include", ())),
-                    exclude=tuple(inner.get("exclude", ())),
-                    strip_components=int(inner.get("strip_components", 0)),
-                    flatten=bool(inner.get("flatten", False)),
-                    progress=self.progress,
-                )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return str(self.root)
 
 
 # =========================================================================== fetch
@@ -806,8 +304,9 @@ def fetch_dataset(
     Parameters
     ----------
     name : str
-        A registry name: ``roxford5k``, ``rparis6k``, ``holidays``, ``ukbench``,
-        ``caltech101`` (see :func:`list_datasets`).
+        A registry name: ``roxford5k``, ``rparis6k``, ``revisitop1m`` (their 1M
+        distractors), ``holidays``, ``ukbench``, ``caltech101`` (see
+        :func:`list_datasets`).
     to : path-like
         The folder that receives everything (created). Downloads and partial
         files live in ``to/.cvret-fetch/``; nothing is written elsewhere.
@@ -882,7 +381,7 @@ def fetch_dataset(
         if kind != "file":
             nested = list(spec.get("nested") or ())
             processor = SafeExtract(
-                dest=None if nested else to / str(_member_relpath(spec["dest"])),
+                dest=None if nested else to / str(member_relpath(spec["dest"])),
                 kind=kind,
                 include=tuple(spec.get("include", ())),
                 exclude=tuple(spec.get("exclude", ())),
@@ -933,7 +432,7 @@ def fetch_dataset(
         elif known is not None:
             rec["hash"] = known
         if kind == "file":
-            dest = to / str(_member_relpath(spec["dest"]))
+            dest = to / str(member_relpath(spec["dest"]))
             dest.parent.mkdir(parents=True, exist_ok=True)
             if keep_archives:
                 shutil.copy2(archive, dest)

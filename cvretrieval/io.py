@@ -295,9 +295,8 @@ def _decode(
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
         raise ImageReadError(
-            f"cannot read image {name}: not a recognised image format "
-            f"({len(data)} bytes starting {data[:8]!r}); give a JPEG, PNG, TIFF, WebP, BMP, "
-            "GIF or PNM file"
+            f"cannot read image {name}: not a recognised image format ({len(data)} bytes); "
+            "give a JPEG, PNG, TIFF, WebP, BMP, GIF or PNM file"
         ) from err
     except Exception as err:  # Pillow raises many types on malformed headers
         raise _decode_error(name, err, "corrupt header") from err

@@ -99,9 +99,10 @@ def test_read_gt_json(tmp_path):
 
 def test_json_round_trip(tmp_path, class_root):
     ds = read_class_folders(class_root)
-    ds.gnd[0]["bbx"] = [0, 0, 2, 2]
-    ds = RetrievalDataset(ds.root, ds.imlist, ds.qimlist, ds.gnd)
-    out = tmp_path / "elsewhere" / "truth.json"
+    gnd = list(ds.gnd)  # gnd is a read-only view: edit a copy of its dicts
+    gnd[0]["bbx"] = [0, 0, 2, 2]
+    ds = RetrievalDataset(ds.root, ds.imlist, ds.qimlist, gnd)
+    out = tmp_path / "truth.json"  # a parent folder of the images
     ds.to_json(out)
     back = read_gt_json(out)
     assert back.name == "truth"
@@ -111,7 +112,15 @@ def test_json_round_trip(tmp_path, class_root):
     assert back.query_bboxes()[0] == (0.0, 0.0, 2.0, 2.0)
     doc = json.loads(out.read_text())
     assert set(doc) == {"imlist", "qimlist", "gnd"}
-    assert doc["imlist"][0] == "../classes/cat/1.png"  # relative to the JSON's folder
+    assert doc["imlist"][0] == "classes/cat/1.png"  # relative to the JSON's folder
+
+
+def test_to_json_refuses_a_folder_that_does_not_hold_the_images(tmp_path, class_root):
+    ds = read_class_folders(class_root)
+    out = tmp_path / "elsewhere" / "truth.json"
+    with pytest.raises(DatasetError, match="outside its folder"):
+        ds.to_json(out)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

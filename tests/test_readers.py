@@ -541,6 +541,8 @@ def test_check_dataset(tmp_path):
 
 def test_check_dataset_protocols_and_problems(tmp_path):
     write_revisitop(tmp_path / "r")
+    for i, n in enumerate(QNAMES):  # query images large enough for their boxes
+        jpg(tmp_path / "r" / "jpg" / f"{n}.jpg", 10 + i, size=400)
     report = check_dataset(tmp_path / "r", decode=False)
     assert report["ok"] is True and report["missing"] == [] and report["protocol"] == "medium"
     assert report["protocols"]["hard"]["n_without_positives"] == 1

@@ -18,7 +18,8 @@ def datasets_group() -> None:
 
 @datasets_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
-@click.option("--format", "fmt", default=None, help="Force a dataset layout (default: detect).")
+@click.option("--format", "fmt", default=None,
+              help="Force a dataset layout, e.g. query-gallery (default: detect).")
 @click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
 @click.option("--cache", "data_cache", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="Where images extracted from TFRecords go.")
@@ -28,7 +29,11 @@ def datasets_group() -> None:
 @common_options
 def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache: Path | None,
                    no_decode: bool, no_duplicates: bool, out: Output) -> None:
-    """Validate and summarise the data set at PATH (any supported layout)."""
+    """Validate and summarise the data set at PATH (any supported layout).
+
+    Exits with status 1 when a file is missing, unreadable or duplicated, a query box
+    is empty, inverted or outside its image, or the reader skipped a file.
+    """
     from ..datasets import check_dataset, format_check
 
     report = check_dataset(path, format=fmt, decode=not no_decode, protocol=protocol,
@@ -36,6 +41,8 @@ def datasets_check(path: Path, fmt: str | None, protocol: str | None, data_cache
                            progress=out.progress)
     out.text(format_check(report))
     out.result(report)
+    if not report["ok"]:
+        raise SystemExit(1)  # the report is printed: no further message
 
 
 @datasets_group.command("list")
@@ -66,12 +73,16 @@ def datasets_list(out: Output) -> None:
 def datasets_fetch(name: str, to: Path, base_url: str | None, allow_unverified: bool,
                    keep_archives: bool, force: bool, out: Output) -> None:
     """Download the public benchmark NAME (see `cvret datasets list`) into --to."""
-    from ..fetch import fetch_dataset
+    from ..fetch import dataset_info, fetch_dataset
 
     path = fetch_dataset(name, to, base_url=base_url, progress=out.progress is not False,
                          allow_unverified=allow_unverified, keep_archives=keep_archives,
                          force=force)
-    out.text(f"{name} is ready: cvret eval {path}")
+    if dataset_info(name).get("format") == "distractors":
+        out.text(f"{name} is ready: distractor images in {path} (no queries: index them "
+                 "together with a benchmark's gallery)")
+    else:
+        out.text(f"{name} is ready: cvret eval {path}")
     out.result({"name": name, "path": str(path)})
 
 
