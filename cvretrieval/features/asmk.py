@@ -142,7 +142,7 @@ def aggregate_residuals(
     >>> c = np.zeros((2, 2), np.float32)
     >>> w, v = aggregate_residuals(np.array([[3, 0], [0, 4], [1, 1]], np.float32),
     ...                            np.array([0, 0, 1]), c)
-    >>> w.tolist(), v.round(1).tolist()
+    >>> w.tolist(), np.round(v.astype(float), 1).tolist()
     ([0, 1], [[0.6, 0.8], [0.7, 0.7]])
     """
     x = np.asarray(x, np.float32)
@@ -238,8 +238,10 @@ class HammingEmbedding(ParamsMixin):
         if getattr(self, "medians_", None) is None:
             raise NotFittedError("this HammingEmbedding is not fitted: call fit first")
 
-    def encode(self, residuals: NDArray[np.float32], words: NDArray[np.integer]) -> NDArray[np.uint8]:
-        """Packed codes ``(n, n_bits // 8)`` uint8 of residuals (any norm) of the given words."""
+    def encode(
+        self, residuals: NDArray[np.float32], words: NDArray[np.integer]
+    ) -> NDArray[np.uint8]:
+        """Packed codes ``(n, n_bits // 8)`` uint8 of unit-norm residuals of the given words."""
         self._check_fitted()
         z = np.asarray(residuals, np.float32) @ self.projection_.T
         bits = z > self.medians_[np.asarray(words, np.int64)]
