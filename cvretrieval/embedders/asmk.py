@@ -56,7 +56,7 @@ class ASMKEmbedder(LocalFeatureEmbedder):
         Vocabulary size (Faiss k-means on a sample). 65k words as in [2]_ need
         ``assignment='hnsw'`` (automatic from 16384 words) and a big descriptor sample.
     max_descriptors : int, default 200000
-    niter : int, default 20
+    niter : int, default 10
         k-means iterations.
     n_bits : int, default 128
         Bits of a Hamming code (at most the descriptor dimension).
@@ -89,7 +89,7 @@ class ASMKEmbedder(LocalFeatureEmbedder):
         n_features: int = 1000,
         n_words: int = 4096,
         max_descriptors: int = 200_000,
-        niter: int = 20,
+        niter: int = 10,
         n_bits: int = 128,
         alpha: float = 3.0,
         tau: float = 0.0,

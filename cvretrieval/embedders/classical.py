@@ -141,8 +141,10 @@ class LocalFeatureEmbedder(Embedder):
         descriptors = sample_descriptors(
             [f.descriptors for f in samples], self.max_descriptors, self.random_state
         )
+        niter = getattr(self, "niter", None)
         vocab = make_vocabulary(
-            self.n_words, binary=self._extractor.binary, random_state=self.random_state
+            self.n_words, binary=self._extractor.binary, random_state=self.random_state,
+            **({} if niter is None else {"niter": int(niter)}),
         )
         vocab.fit(descriptors)
         vocab.meta_ = {"detector": self.detector, "n_features": self.n_features}
@@ -209,6 +211,9 @@ class BoVWEmbedder(LocalFeatureEmbedder):
     power : float or None, default None
         Burstiness handling: term frequencies raised to this power (0.5 = square root,
         Jégou et al. 2009) before TF-IDF.
+    niter : int or None, default None
+        k-means (or k-majority) iterations of the vocabulary; ``None``: the vocabulary
+        class's default (6 for k-means, 10 for k-majority; see ``benchmarks/bovw_baseline.py``).
 
     Notes
     -----
@@ -237,6 +242,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         vocabulary: str | None = None,
         assignment: str = "exact",
         power: float | None = None,
+        niter: int | None = None,
     ):
         self.detector = detector
         self.n_features = n_features
@@ -248,6 +254,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         self.vocabulary = None if vocabulary is None else str(vocabulary)
         self.assignment = assignment
         self.power = power
+        self.niter = niter
         if assignment not in ("exact", "hnsw"):
             raise ValueError(f"assignment must be 'exact' or 'hnsw', got {assignment!r}")
         self._init_local()
