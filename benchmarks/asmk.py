@@ -56,13 +56,19 @@ def harsh_copy(image: np.ndarray, rng: np.random.Generator, kind: str) -> np.nda
 KINDS = ("scale-jpeg", "crop", "rotate", "perspective", "photometric")
 
 
-def build_copy_set(n_caltech_originals: int, n_distractors: int, seed: int = 0):
+def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):
+    """``(originals, distractors)`` paths of the copy set."""
     ukb = sorted(list_images(SHARED / "datasets" / "ukbench-56"))[::4]
     cal = list_images(SHARED / "datasets" / "caltech101-dev")
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(cal))
+    pick = np.random.default_rng(seed).permutation(len(cal))
     originals = ukb + [cal[i] for i in pick[:n_caltech_originals]]
     distractors = [cal[i] for i in pick[n_caltech_originals:n_caltech_originals + n_distractors]]
+    return originals, distractors
+
+
+def build_copy_set(n_caltech_originals: int, n_distractors: int, seed: int = 0):
+    originals, distractors = copy_set_paths(n_caltech_originals, n_distractors, seed)
+    rng = np.random.default_rng(seed)
     gallery = [read_image(p, max_side=640) for p in originals + distractors]
     queries, truth = [], []
     for j in range(len(originals)):
