@@ -158,9 +158,12 @@ def aggregate_residuals(
     rows, flat = rows[keep], flat[keep]
     if flat.size == 0:
         return np.zeros(0, np.int64), np.zeros((0, d), np.float32)
-    uniq, inv = np.unique(flat, return_inverse=True)
-    agg = np.zeros((len(uniq), d), np.float64)
-    np.add.at(agg, inv, x[rows] - centers[flat])
+    order = np.argsort(flat, kind="stable")
+    rows, flat = rows[order], flat[order]
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    uniq = flat[starts]
+    res = x[rows].astype(np.float64) - centers[flat]
+    agg = np.add.reduceat(res, starts, axis=0)
     norms = np.linalg.norm(agg, axis=1, keepdims=True)
     agg /= np.maximum(norms, 1e-12)
     return uniq, agg.astype(np.float32)
