@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from .errors import BundleError
 from .features.asmk import selective_kernel
 
-__all__ = ["AsmkCodes", "AsmkIndex"]
+__all__ = ["AsmkCodes", "AsmkIndex", "pack_codes", "unpack_codes"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,42 @@ class AsmkCodes:
     @property
     def nbytes(self) -> int:
         return int(self.words.nbytes + self.codes.nbytes)
+
+
+def pack_codes(
+    items: Sequence[AsmkCodes], n_bytes: int
+) -> tuple[NDArray[np.uint32], NDArray[np.uint8], NDArray[np.int64]]:
+    """Many images' codes as flat arrays plus offsets (Faiss's ``lims``), for segments on disk.
+
+    Returns
+    -------
+    words : (P,) uint32
+    codes : (P, n_bytes) uint8
+    lims : (n + 1,) int64
+        Image ``i`` owns rows ``lims[i]:lims[i + 1]``.
+
+    Examples
+    --------
+    >>> a = AsmkCodes(np.array([3], np.uint32), np.array([[9]], np.uint8))
+    >>> w, c, lims = pack_codes([a, AsmkCodes(a.words[:0], a.codes[:0])], 1)
+    >>> w.tolist(), lims.tolist(), len(unpack_codes(w, c, lims)[1])
+    ([3], [0, 1, 1], 0)
+    """
+    lims = np.zeros(len(items) + 1, np.int64)
+    np.cumsum([len(it) for it in items], out=lims[1:])
+    if not items:
+        return np.zeros(0, np.uint32), np.zeros((0, n_bytes), np.uint8), lims
+    words = np.concatenate([np.asarray(it.words, np.uint32) for it in items])
+    codes = np.concatenate([np.asarray(it.codes, np.uint8).reshape(-1, n_bytes) for it in items])
+    return words, codes, lims
+
+
+def unpack_codes(
+    words: NDArray[np.uint32], codes: NDArray[np.uint8], lims: NDArray[np.int64]
+) -> list[AsmkCodes]:
+    """Inverse of :func:`pack_codes` (views, no copies)."""
+    return [AsmkCodes(words[lims[i] : lims[i + 1]], codes[lims[i] : lims[i + 1]])
+            for i in range(len(lims) - 1)]
 
 
 class AsmkIndex:

@@ -171,3 +171,17 @@ def test_embedder_self_is_maximal_and_copy_outranks_others(make_textured, tmp_pa
     back = load_embedder(tmp_path / "emb")
     assert [len(r) for r in back.embed(copies)] == [len(r) for r in emb.embed(copies)]
     np.testing.assert_array_equal(back.reduce(feats[0]).codes, gallery[0].codes)
+
+
+def test_hnsw_assignment_matches_exact_on_a_small_vocabulary(make_textured):
+    from cvretrieval.embedders import make_embedder
+
+    exact = make_embedder("asmk", n_words=128, n_features=200, assignment="exact")
+    feats = [exact.extract(make_textured(i)) for i in range(6)]
+    exact.fit(feats)
+    hnsw = make_embedder("asmk", n_words=128, n_features=200, assignment="hnsw")
+    hnsw.fit(feats)  # same sample and seed: same vocabulary and medians
+    a, b = exact.reduce(feats[0], query=True), hnsw.reduce(feats[0], query=True)
+    # HNSW over 128 centres with ef_search 64 is exact in practice
+    np.testing.assert_array_equal(a.words, b.words)
+    np.testing.assert_array_equal(a.codes, b.codes)
