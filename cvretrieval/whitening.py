@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -51,7 +53,7 @@ from ._json import read_json_manifest, write_json_atomic
 from ._params import ParamsMixin
 from .errors import BundleError, NotFittedError
 
-__all__ = ["PCAWhitening"]
+__all__ = ["PCAWhitening", "fit_whitening_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,6 @@ class PCAWhitening(ParamsMixin):
         self.power = power
         self.shrinkage = shrinkage
         self.random_state = random_state
-
 
     def _check_params(self) -> None:
         if self.n_components is not None and int(self.n_components) < 1:
@@ -317,3 +318,80 @@ class PCAWhitening(ParamsMixin):
         obj.n_components_ = m
         obj.n_features_in_ = n_in
         return obj
+
+
+def fit_whitening_on(
+    embedder: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    n_components: int | None = None,
+    shrinkage: float = 0.5,
+    power: float | None = None,
+    max_images: int | None = 5000,
+    max_side: int | None = 640,
+    batch_size: int = 32,
+    random_state: int | None = 0,
+) -> PCAWhitening:
+    """Learn a PCA-whitening of ``embedder``'s vectors on a separate training set of images.
+
+    Whitening learned on the indexed collection itself over-fits it when the collection is
+    small, and on class-level collections it removes the directions that the classes share
+    (see ``docs/notes/asmk.md``, "Whitening"): learning it on other images of the same kind
+    (``cvret index --whiten-on DIR``) is the recipe of Jégou & Chum [1]_.
+
+    Parameters
+    ----------
+    embedder : Embedder
+        Fitted (vocabulary, idf...) and producing fixed-size vectors (``embed``).
+    paths : sequence of paths
+        Training images; unreadable ones are skipped with a warning.
+    n_components, shrinkage, power :
+        See :class:`PCAWhitening` (shrinkage 0.5 by default, as the Retriever's).
+    max_images : int or None, default 5000
+        A random sample of at most this many paths is used.
+    max_side : int or None, default 640
+        Images are downscaled as for indexing.
+    batch_size : int, default 32
+        Images embedded per call.
+    random_state : int or None, default 0
+
+    Returns
+    -------
+    PCAWhitening
+        Fitted; apply it with ``transform`` to gallery and query vectors alike.
+
+    Raises
+    ------
+    ValueError
+        When fewer than two training images could be embedded.
+    """
+    from .io import read_image
+
+    paths = list(paths)
+    if max_images is not None and len(paths) > int(max_images):
+        rng = np.random.default_rng(random_state)
+        paths = [paths[i] for i in np.sort(rng.choice(len(paths), int(max_images), False))]
+    vectors: list[NDArray[np.float32]] = []
+    failed = 0
+    for lo in range(0, len(paths), int(batch_size)):
+        images = []
+        for p in paths[lo : lo + int(batch_size)]:
+            try:
+                images.append(read_image(p, max_side=max_side))
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the fit
+                failed += 1
+                logger.warning("whitening: skipping %s (%s)", p, exc)
+        if images:
+            vectors.append(np.asarray(embedder.embed(images), np.float32))
+    if failed:
+        logger.warning("whitening: %d of %d training images could not be read", failed,
+                       len(paths))
+    x = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+    if len(x) < 2:
+        raise ValueError(
+            f"whitening needs at least 2 readable training images, got {len(x)}: "
+            "point --whiten-on at a folder of images"
+        )
+    white = PCAWhitening(n_components=n_components, shrinkage=shrinkage, power=power,
+                         random_state=random_state)
+    return white.fit(x)

@@ -14,6 +14,7 @@ from cvretrieval.features.bovw import (
     term_frequencies,
     tfidf,
     to_dense,
+    vocabulary_warning,
 )
 
 # three images over a 5-word vocabulary; word 4 never occurs
@@ -70,21 +71,51 @@ def test_document_frequencies_by_hand():
 
 
 def test_idf_by_hand():
-    idf = idf_weights(np.array([2, 1, 1, 2, 0]), 3)
+    idf = idf_weights(np.array([2, 1, 1, 2, 0]), 3, smooth=False)
     assert idf.dtype == np.float32 and idf.shape == (5,)
     np.testing.assert_allclose(
         idf, [math.log(3 / 2), math.log(3), math.log(3), math.log(3 / 2), 0.0], rtol=1e-6
     )
     # a word in every document carries no information
-    assert idf_weights(np.array([4]), 4)[0] == 0.0
+    assert idf_weights(np.array([4]), 4, smooth=False)[0] == 0.0
     with pytest.raises(ValueError, match=r"\[0, n_docs=3\]"):
         idf_weights(np.array([4]), 3)
     with pytest.raises(ValueError, match="n_docs"):
         idf_weights(np.array([0]), 0)
 
 
+def test_smoothed_idf_by_hand_never_zero():
+    # issue 13: ln(N/df) gives 0 to a word in every image; the default is
+    # scikit-learn's smooth_idf, ln((1 + N) / (1 + df)) + 1
+    idf = idf_weights(np.array([2, 1, 1, 2, 0, 3]), 3)
+    expected = [math.log(4 / 3) + 1, math.log(2) + 1, math.log(2) + 1, math.log(4 / 3) + 1,
+                math.log(4) + 1, 1.0]
+    np.testing.assert_allclose(idf, expected, rtol=1e-6)
+    assert (idf > 0).all()
+
+
+def test_word_in_every_image_keeps_vectors_nonzero():
+    # issue 13 defect 3: every word in every image -> all-zero vectors with raw idf
+    words = [np.array([0, 1, 1, 2]), np.array([2, 1, 0, 0]), np.array([0, 1, 2])]
+    tf = term_frequencies(words, 3)
+    raw = tfidf(tf, idf_weights(document_frequencies(tf), 3, smooth=False)).toarray()
+    assert not raw.any()  # the defect, reproduced with the unsmoothed weights
+    x = tfidf(tf, idf_weights(document_frequencies(tf), 3)).toarray()
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-6)
+    # image 0 = (1, 2, 1)/sqrt(6): its best match is itself
+    assert np.argmax(x @ x[0]) == 0
+
+
+def test_vocabulary_warning():
+    assert vocabulary_warning(np.full(32, 30), 30) is not None
+    assert "too small" in vocabulary_warning(np.full(32, 30), 30)
+    df = np.r_[np.full(5, 30), np.full(95, 3)]  # 5 % of the words are everywhere: fine
+    assert vocabulary_warning(df, 30) is None
+    assert vocabulary_warning(np.full(4, 3), 3) is None  # too few images to judge
+
+
 def test_tfidf_by_hand_and_unit_rows():
-    idf = idf_weights(document_frequencies(term_frequencies(WORDS, 5)), 3)
+    idf = idf_weights(document_frequencies(term_frequencies(WORDS, 5)), 3, smooth=False)
     x = tfidf(term_frequencies(WORDS, 5), idf)
     assert x.format == "csr" and x.dtype == np.float32
     a, b = math.log(1.5), math.log(3)
@@ -102,7 +133,7 @@ def test_tfidf_zero_rows_stay_zero_no_nan():
     # words 0 and 1 appear in images 0 and 1, word 2 only in image 0: with N = 2,
     # idf = [0, 0, ln 2]; image 1 holds only zero-idf words, image 2 no words at all
     tf = term_frequencies([np.array([0, 1, 2]), np.array([0, 1, 1]), np.array([], int)], 3)
-    idf = idf_weights(document_frequencies(tf[:2]), 2)
+    idf = idf_weights(document_frequencies(tf[:2]), 2, smooth=False)
     np.testing.assert_allclose(idf, [0, 0, math.log(2)], rtol=1e-6)
     x = tfidf(tf, idf).toarray()
     assert np.isfinite(x).all()

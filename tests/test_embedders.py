@@ -102,9 +102,12 @@ def test_external_vocabulary_must_match_the_detector(tmp_path, make_textured):
     emb = BoVWEmbedder(detector="orb", n_words=8, n_features=200)
     emb.fit([emb.extract(make_textured(i)) for i in range(3)])
     save_vocabulary(emb.vocabulary_, tmp_path / "v")
+    wrong = BoVWEmbedder(detector="sift", vocabulary=str(tmp_path / "v"))  # no I/O yet
     with pytest.raises(BundleError, match="orb descriptors.*sift"):
-        BoVWEmbedder(detector="sift", vocabulary=str(tmp_path / "v"))
+        wrong.fit([])
     ok = BoVWEmbedder(detector="orb", n_words=999, vocabulary=str(tmp_path / "v"))
+    assert ok.needs_fit  # issue 12: the vocabulary is read by fit, not __init__
+    ok.fit([])
     assert not ok.needs_fit and ok.n_words == 8
 
 

@@ -205,6 +205,8 @@ def test_external_vocabulary_reused(fitted, tmp_path):
     emb, images = fitted
     save_vocabulary(emb.vocabulary_, tmp_path / "vocab")
     emb2 = VLADEmbedder(n_features=300, n_words=99, vocabulary=str(tmp_path / "vocab"))
+    assert emb2.needs_fit  # read by fit, not __init__ (issue 12)
+    emb2.fit([])
     assert not emb2.needs_fit and emb2.n_words == 8  # the vocabulary's size wins
     np.testing.assert_allclose(emb2.embed(images[:1]), emb.embed(images[:1]), atol=1e-6)
 

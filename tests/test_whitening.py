@@ -141,3 +141,31 @@ def test_save_load_round_trip(tmp_path):
         PCAWhitening.load(tmp_path / "w")
     with pytest.raises(BundleError, match="no saved whitening"):
         PCAWhitening.load(tmp_path / "nothing")
+
+
+def test_fit_whitening_on_a_separate_training_set(tmp_path, make_textured, caplog):
+    import cv2
+
+    from cvretrieval.embedders import HOGEmbedder
+    from cvretrieval.whitening import fit_whitening_on
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"t{i}.png"
+        cv2.imwrite(str(p), make_textured(100 + i))
+        paths.append(p)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    emb = HOGEmbedder(size=32)
+    with caplog.at_level(logging.WARNING):
+        white = fit_whitening_on(emb, [*paths, tmp_path / "broken.jpg"], batch_size=4)
+    assert any("broken.jpg" in r.getMessage() for r in caplog.records)
+    # 6 training vectors support 5 components; the whitening is learned on them only
+    assert white.n_components_ == 5 and white.n_features_in_ == emb.dim
+    from cvretrieval.io import read_image
+
+    x = emb.embed([read_image(p) for p in paths])
+    np.testing.assert_allclose(white.mean_, x.mean(axis=0), rtol=1e-4, atol=1e-6)
+    y = white.transform(emb.embed([make_textured(0)]))
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 readable"):
+        fit_whitening_on(emb, [tmp_path / "broken.jpg"])

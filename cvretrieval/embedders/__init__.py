@@ -3,7 +3,7 @@
 Spec strings:
 
 - ``hog``;
-- ``bovw`` and ``vlad`` with an optional detector suffix (``bovw-orb``, ``vlad-sift``,
+- ``bovw``, ``vlad`` and ``asmk`` with an optional detector suffix (``bovw-orb``, ``vlad-sift``,
   detectors ``sift``, ``rootsift``, ``orb``, ``akaze``, ``brisk``);
 - a model file, ``onnx:PATH``, ``tflite:PATH``, ``torchscript:PATH``, or a trained Siamese
   model folder, ``siamese:MODEL_DIR`` (the part after the first colon fills the class's
@@ -54,6 +54,7 @@ BUILTINS: dict[str, type[Embedder]] = {"hog": HOGEmbedder, "bovw": BoVWEmbedder}
 #: built-ins imported on demand
 LAZY_BUILTINS: dict[str, LazyEntry] = {
     "vlad": LazyEntry("cvretrieval.embedders.vlad", "VLADEmbedder"),
+    "asmk": LazyEntry("cvretrieval.embedders.asmk", "ASMKEmbedder"),
     "onnx": LazyEntry("cvretrieval.embedders.deep", "ONNXEmbedder", "model_path"),
     "tflite": LazyEntry("cvretrieval.embedders.deep", "TFLiteEmbedder", "model_path"),
     "torchscript": LazyEntry("cvretrieval.embedders.deep", "TorchScriptEmbedder", "model_path"),
@@ -61,7 +62,7 @@ LAZY_BUILTINS: dict[str, LazyEntry] = {
     "model": LazyEntry("cvretrieval.embedders.pretrained", "PretrainedEmbedder", "model_name"),
 }
 #: families that take a local detector as a suffix: ``bovw-sift``, ``vlad-orb``
-LOCAL_FAMILIES = ("bovw", "vlad")
+LOCAL_FAMILIES = ("bovw", "vlad", "asmk")
 
 __all__ = [
     "BUILTINS",

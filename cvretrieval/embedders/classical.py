@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,6 +62,10 @@ class HOGEmbedder(Embedder):
             return np.zeros((0, self.dim), np.float32)
         return l2_normalize(np.stack(reduced))
 
+    def has_features(self, reduced: NDArray[np.float32]) -> bool:
+        """False for an image without gradients (a flat image): its vector is all zeros."""
+        return bool(np.any(np.asarray(reduced)))
+
 
 class LocalFeatureEmbedder(Embedder):
     """Shared plumbing of embedders that aggregate local descriptors through a vocabulary."""
@@ -73,12 +77,16 @@ class LocalFeatureEmbedder(Embedder):
     random_state: int | None
     vocabulary: str | None
 
+    #: capabilities read by the pipeline (see :class:`~cvretrieval.embedders.base.Embedder`)
+    sparse_output: ClassVar[bool] = False
+    local_features: ClassVar[bool] = True
+    grayscale_input: ClassVar[bool] = True
+
     def _init_local(self) -> None:
+        # no I/O here (issue 12): an external vocabulary is read by fit()
         check_detector(self.detector)
         self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
         self.vocabulary_: Any = None
-        if self.vocabulary is not None:
-            self.vocabulary_ = self._load_external_vocabulary(Path(self.vocabulary))
 
     def _load_external_vocabulary(self, path: Path) -> Any:
         vocab = load_vocabulary(path)
@@ -107,7 +115,14 @@ class LocalFeatureEmbedder(Embedder):
     def needs_fit(self) -> bool:
         return self.vocabulary_ is None
 
+    def has_features(self, reduced: Any) -> bool:
+        """True when the image gave at least one local feature (``reduce``'s output is not
+        empty / not all zeros): the core records "no features" for the others."""
+        return bool(np.asarray(reduced).size)
+
     def n_fit_images(self, n_total: int) -> int:
+        if self.vocabulary is not None:
+            return min(n_total, 1)  # the vocabulary is read, not learnt
         # enough images to offer about twice max_descriptors, and never fewer than 50
         wanted = max(50, math.ceil(2 * self.max_descriptors / max(self.n_features, 1)))
         return min(n_total, wanted)
@@ -120,11 +135,16 @@ class LocalFeatureEmbedder(Embedder):
         return self._extractor.extract(image)
 
     def fit_vocabulary(self, samples: Sequence[LocalFeatures]) -> None:
+        if self.vocabulary is not None:
+            self.vocabulary_ = self._load_external_vocabulary(Path(self.vocabulary))
+            return
         descriptors = sample_descriptors(
             [f.descriptors for f in samples], self.max_descriptors, self.random_state
         )
+        niter = getattr(self, "niter", None)
         vocab = make_vocabulary(
-            self.n_words, binary=self._extractor.binary, random_state=self.random_state
+            self.n_words, binary=self._extractor.binary, random_state=self.random_state,
+            **({} if niter is None else {"niter": int(niter)}),
         )
         vocab.fit(descriptors)
         vocab.meta_ = {"detector": self.detector, "n_features": self.n_features}
@@ -191,6 +211,9 @@ class BoVWEmbedder(LocalFeatureEmbedder):
     power : float or None, default None
         Burstiness handling: term frequencies raised to this power (0.5 = square root,
         Jégou et al. 2009) before TF-IDF.
+    niter : int or None, default None
+        k-means (or k-majority) iterations of the vocabulary; ``None``: the vocabulary
+        class's default (6 for k-means, 10 for k-majority; see ``benchmarks/bovw_baseline.py``).
 
     Notes
     -----
@@ -205,6 +228,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
     """
 
     name = "bovw"
+    sparse_output: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -218,6 +242,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         vocabulary: str | None = None,
         assignment: str = "exact",
         power: float | None = None,
+        niter: int | None = None,
     ):
         self.detector = detector
         self.n_features = n_features
@@ -229,6 +254,7 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         self.vocabulary = None if vocabulary is None else str(vocabulary)
         self.assignment = assignment
         self.power = power
+        self.niter = niter
         if assignment not in ("exact", "hnsw"):
             raise ValueError(f"assignment must be 'exact' or 'hnsw', got {assignment!r}")
         self._init_local()
@@ -260,6 +286,9 @@ class BoVWEmbedder(LocalFeatureEmbedder):
         if self.idf and self.idf_ is None:
             tf = bovw.term_frequencies(list(reduced), self.n_words)
             df = bovw.document_frequencies(tf)
+            warning = bovw.vocabulary_warning(df, tf.shape[0])
+            if warning:
+                logger.warning("%s: %s", self.spec()["name"], warning)
             self.idf_ = bovw.idf_weights(df, tf.shape[0]).astype(np.float32)
         return self
 

@@ -121,6 +121,10 @@ class VLADEmbedder(LocalFeatureEmbedder):
             descriptors, centers, words, intra_norm=self.intra_norm, power=self.power, l2=True
         )
 
+    def has_features(self, reduced: NDArray[np.float32]) -> bool:
+        """False for an image without key points (its VLAD vector is all zeros)."""
+        return bool(np.any(np.asarray(reduced)))
+
     def encode(self, reduced: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
         """Stack VLAD vectors into ``(n, dim)`` float32 (already normalised by ``reduce``)."""
         if len(reduced) == 0:

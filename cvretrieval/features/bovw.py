@@ -2,7 +2,8 @@
 
 Pure functions on sparse matrices, following the text-retrieval weighting of
 Video Google [1]_: an image is the histogram of its visual words (raw counts),
-each word is weighted by ``idf = log(N / df)``, and the weighted vector is L2
+each word is weighted by an inverse document frequency (``log(N / df)``,
+smoothed by default, see below), and the weighted vector is L2
 normalised so that ranking by dot product is ranking by cosine similarity.
 
 Choices
@@ -14,9 +15,13 @@ Choices
 * ``sublinear=True`` replaces a count ``tf > 0`` by ``1 + ln(tf)`` (the
   classical sublinear tf of Manning et al. [2]_ and scikit-learn's
   ``sublinear_tf``), which damps bursts of repeated words [3]_.
-* ``idf = ln(N / df)`` exactly as in [1]_, natural log; a word never seen
-  (``df = 0``) gets weight 0 (it cannot occur in a database image, so it can
-  never contribute to a match); a word seen in every image also gets 0.
+* ``idf`` is **smoothed** by default, as scikit-learn's ``smooth_idf``:
+  ``ln((1 + N) / (1 + df)) + 1``, never zero. The raw ``ln(N / df)`` of [1]_
+  (``smooth=False``) gives 0 to a word present in every image, so a vocabulary
+  too small for its collection (32 words on 30 images) turns every vector into
+  zeros and every score into 0: search then ranks in arbitrary order and an
+  evaluation reports a meaningless figure without a word (issue 13).
+  :func:`vocabulary_warning` says when a vocabulary is that small.
 
 References
 ----------
@@ -40,7 +45,14 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-__all__ = ["document_frequencies", "idf_weights", "term_frequencies", "tfidf", "to_dense"]
+__all__ = [
+    "document_frequencies",
+    "idf_weights",
+    "term_frequencies",
+    "tfidf",
+    "to_dense",
+    "vocabulary_warning",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +174,10 @@ def document_frequencies(tf: Any) -> NDArray[np.int64]:
     return np.bincount(x.indices, minlength=x.shape[1]).astype(np.int64)
 
 
-def idf_weights(df: NDArray[np.integer], n_docs: int) -> NDArray[np.float32]:
-    """Inverse document frequencies of Video Google [1]_: ``ln(n_docs / df)``.
+def idf_weights(
+    df: NDArray[np.integer], n_docs: int, *, smooth: bool = True
+) -> NDArray[np.float32]:
+    """Inverse document frequencies, smoothed (default) or as in Video Google [1]_.
 
     Parameters
     ----------
@@ -171,18 +185,21 @@ def idf_weights(df: NDArray[np.integer], n_docs: int) -> NDArray[np.float32]:
         Document frequencies (:func:`document_frequencies`), ``0 <= df <= n_docs``.
     n_docs : int
         Number of images the frequencies were counted on (``N``).
+    smooth : bool, default True
+        ``ln((1 + N) / (1 + df)) + 1`` (scikit-learn's ``smooth_idf``): never zero, so a
+        word present in every image still counts (weight 1). ``False``: ``ln(N / df)``
+        of [1]_, 0 where ``df == N`` and where ``df == 0``.
 
     Returns
     -------
     idf : (n_words,) float32
-        ``ln(N / df)``; 0 where ``df == 0`` (a word absent from every database
-        image can never match, so its weight does not matter) and 0 where
-        ``df == N``.
 
     Examples
     --------
-    >>> idf_weights(np.array([1, 2, 4, 0]), 4).round(4)
+    >>> idf_weights(np.array([1, 2, 4, 0]), 4, smooth=False).round(4)
     array([1.3863, 0.6931, 0.    , 0.    ], dtype=float32)
+    >>> idf_weights(np.array([4]), 4).tolist()
+    [1.0]
     """
     df = np.asarray(df)
     n_docs = int(n_docs)
@@ -195,10 +212,43 @@ def idf_weights(df: NDArray[np.integer], n_docs: int) -> NDArray[np.float32]:
             f"document frequencies must lie in [0, n_docs={n_docs}], got range "
             f"[{df.min()}, {df.max()}]"
         )
+    dff = df.astype(np.float64)
+    if smooth:
+        return (np.log((1.0 + n_docs) / (1.0 + dff)) + 1.0).astype(np.float32)
     idf = np.zeros(df.shape, dtype=np.float64)
     seen = df > 0
-    idf[seen] = np.log(n_docs / df[seen].astype(np.float64))
+    idf[seen] = np.log(n_docs / dff[seen])
     return idf.astype(np.float32)
+
+
+def vocabulary_warning(df: NDArray[np.integer], n_docs: int) -> str | None:
+    """A sentence when a vocabulary is too small for its collection, else ``None``.
+
+    A vocabulary discriminates images only if most of its words are absent from most
+    images. When more than a quarter of the words that occur are in over 90 % of the
+    images (of at least 10), TF-IDF vectors are nearly identical and scores say little.
+
+    Examples
+    --------
+    >>> vocabulary_warning(np.full(32, 30), 30) is not None
+    True
+    >>> vocabulary_warning(np.array([1, 2, 3, 0]), 30) is None
+    True
+    """
+    df = np.asarray(df)
+    n_docs = int(n_docs)
+    used = df[df > 0]
+    if n_docs < 10 or used.size == 0:
+        return None
+    common = int(np.count_nonzero(used > 0.9 * n_docs))
+    if common <= 0.25 * used.size:
+        return None
+    return (
+        f"the vocabulary is too small for this collection: {common} of its {used.size} "
+        f"words occur in over 90% of the {n_docs} images, so the vectors barely differ and "
+        "scores say little; use a larger vocabulary (n_words, e.g. --n-words 20000 with "
+        "--assignment hnsw)"
+    )
 
 
 def tfidf(tf: Any, idf: NDArray[np.floating], *, normalize: bool = True) -> sp.csr_matrix:
