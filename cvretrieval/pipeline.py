@@ -65,6 +65,8 @@ class Job:
     stage: str
     max_side: int | None = 640
     sparse: bool = False
+    items: bool = False  # the embedder's result is not a vector (ASMK): kept as it is
+    query: bool = False  # query side (ASMK's multiple assignment)
     whitening: Any = None
     sv: Any = None
     cache: tuple[str, str] | None = None
@@ -72,7 +74,9 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def finish(self, reduced: Sequence[Any]) -> list[Any]:
-        """Final vectors of reduced results: sparse rows or dense whitened vectors."""
+        """Final vectors of reduced results: sparse rows, dense whitened vectors or items."""
+        if self.items:
+            return list(self.embedder.encode(reduced))
         if self.sparse:
             m = self.embedder.encode_sparse(reduced)  # type: ignore[attr-defined]
             return [m[i] for i in range(m.shape[0])]
@@ -104,7 +108,9 @@ class SVFeatures:
 
         if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
             return cls("words", embedder.detector, embedder.n_features, True)
-        if isinstance(embedder, LocalFeatureEmbedder) and detector in (None, embedder.detector):
+        own = isinstance(embedder, LocalFeatureEmbedder) or (
+            getattr(embedder, "local_features", False) and hasattr(embedder, "detector"))
+        if own and detector in (None, getattr(embedder, "detector", None)):
             return cls("ratio", embedder.detector, embedder.n_features, True)
         return cls("ratio", detector or "sift", 1000, False)
 
@@ -227,7 +233,10 @@ def run_chunk(job: Job, tasks: Sequence[Task]) -> list[Item]:
     reduced: dict[int, Any] = {}
     for i, feats in sorted(extracted.items()):
         try:
-            reduced[i] = emb.reduce(feats) if job.stage != "extract" else feats
+            if job.stage == "extract":
+                reduced[i] = feats
+            else:
+                reduced[i] = emb.reduce(feats, query=True) if job.query else emb.reduce(feats)
         except Exception as exc:
             items[i].error = f"cannot encode {tasks[i][1]}: {exc}"
             continue

@@ -155,6 +155,17 @@ class Retriever(BundleWriting):
         return self.index_spec == "sparse"
 
     @property
+    def items(self) -> bool:
+        """True when the embedder's per-image result is not a vector (ASMK's codes): the
+        bundle keeps the items and the embedder's own index scores them."""
+        return getattr(self.embedder, "vector_output", True) is False
+
+    @property
+    def kind(self) -> str:
+        """What a segment stores per image: ``dense``, ``sparse`` or ``items``."""
+        return "items" if self.items else "sparse" if self.sparse else "dense"
+
+    @property
     def sv_features(self) -> SVFeatures:
         """Which key points are kept for spatial verification, and how to extract them."""
         return SVFeatures.for_embedder(self.embedder, self.sv_detector)
@@ -264,12 +275,20 @@ class Retriever(BundleWriting):
         key = self.embedder.extract_cache_key
         return (str(self.feature_cache), key) if self.feature_cache and key else None
 
-    def _job(self, stage: str, *, keypoints: bool = False) -> Job:
-        return Job(self.embedder, stage, self.max_side, sparse=self.sparse,
-                   whitening=self.whitening_, sv=self.sv_features if keypoints else None,
-                   cache=self._cache())
+    def _job(self, stage: str, *, keypoints: bool = False, query: bool = False) -> Job:
+        return Job(self.embedder, stage, self.max_side, sparse=self.sparse, items=self.items,
+                   query=query and self.items, whitening=self.whitening_,
+                   sv=self.sv_features if keypoints else None, cache=self._cache())
+
+    def reduce_query(self, features: Any) -> Any:
+        """A query's reduced result (ASMK: multiple assignment on the query side)."""
+        if self.items:
+            return self.embedder.reduce(features, query=True)
+        return self.embedder.reduce(features)
 
     def _new_index(self) -> Any:
+        if self.items:
+            return self.embedder.make_index()
         if self.sparse:
             return self._index_class()(self.embedder.dim)
         return self._index_class()(self.index_spec, self.metric, nprobe=self.nprobe,
@@ -277,6 +296,10 @@ class Retriever(BundleWriting):
                                    max_memory=self.max_memory)
 
     def _index_class(self) -> Any:
+        if self.items:
+            from .asmk_index import AsmkIndex
+
+            return AsmkIndex
         if self.sparse:
             from .sparse import SparseIndex
 
@@ -370,7 +393,8 @@ class Retriever(BundleWriting):
         errors = [""] * len(queries)
         vectors: dict[int, Any] = {}
         pipe = Pipeline(n_jobs=n_jobs, chunk_size=self.chunk_size)  # queries stay here
-        for it in pipe.map(self._job("encode"), tasks, progress=progress, desc="queries"):
+        for it in pipe.map(self._job("encode", query=True), tasks, progress=progress,
+                           desc="queries"):
             if it.error is not None:
                 errors[it.position] = it.error
             else:
@@ -389,6 +413,8 @@ class Retriever(BundleWriting):
         return self._stack([vectors[i] for i in rows_out]), rows_out, errors
 
     def _stack(self, vecs: list[Any]) -> Any:
+        if self.items:
+            return _ItemList(vecs)
         if self.sparse:
             import scipy.sparse as sp
 
@@ -417,6 +443,9 @@ class Retriever(BundleWriting):
 
     def _steps(self, rerank: Sequence[str] | str | None) -> tuple[str, ...]:
         steps = self.rerank if rerank is None else parse_rerank(rerank)
+        if "qe" in steps and self.items:
+            raise ValueError(f"query expansion averages vectors; {self.embedder.name} gives "
+                             "none: use --rerank sv, or a vector embedder")
         missing = [s for s in steps if s not in self.supports_rerank]
         if missing:
             raise ValueError(
@@ -480,3 +509,17 @@ class Retriever(BundleWriting):
         paths = self.paths_of(I[0])
         return [Hit(rank=r + 1, id=int(i), path=str(p), score=float(d))
                 for r, (d, i, p) in enumerate(zip(D[0], I[0], paths, strict=True)) if i >= 0]
+
+
+class _ItemList(list):  # type: ignore[type-arg]
+    """Query items (ASMK codes) with the ``shape`` the search code reads."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), 0)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, np.ndarray):
+            return _ItemList([list.__getitem__(self, int(i)) for i in key])
+        got = list.__getitem__(self, key)
+        return _ItemList(got) if isinstance(key, slice) else got

@@ -109,7 +109,7 @@ def query_features(ret: Any, query: Any, bbox: Any) -> tuple[Any, Any]:
     sv = ret.sv_features
     if sv.own:
         feats = ret.embedder.extract(img)
-        return feats, ret.embedder.reduce(feats)
+        return feats, ret.reduce_query(feats)
     return sv.extract(img), None
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__
-from .bundle import Bundle, BundleWriter, folder_checksums
+from .bundle import Bundle, BundleWriter, folder_checksums, item_codec
 from .bundle import build as bb
 from .bundle.segments import segment_name
 from .errors import BundleError, ImageReadError, NotFittedError
@@ -74,11 +74,15 @@ class BundleWriting:
                                             descriptors="none" if words else "auto",
                                             words=words, meta=sv.config())
 
-    @staticmethod
-    def _has_features(vector: Any) -> bool:
-        """An image whose vector is all zero had nothing to describe it (no key points,
-        no visual word): it is catalogued as ``nofeatures``, not indexed."""
+    def _has_features(self, vector: Any) -> bool:
+        """An image whose vector is all zero (or whose item the embedder says is empty)
+        had nothing to describe it: it is catalogued as ``nofeatures``, not indexed."""
+        if self.items:
+            return bool(self.embedder.has_features(vector))
         return not _is_zero(vector)
+
+    def _index_kind(self) -> str:
+        return "items" if self.items else "sparse" if self.sparse else "faiss"
 
     # --- building -----------------------------------------------------------------------
     def fit(self, images: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -176,22 +180,23 @@ class BundleWriting:
                 it.position = pos
                 yield it
 
-        sparse = self.sparse
+        sparse, items = self.sparse, (item_codec() if self.items else None)
         with bb.Catalog(catalog_path, first_id, write=True) as catalog:
             return bb.write_segments(
-                lambda: w.new_segment(sparse=sparse, dim=self._vector_dim()), catalog,
+                lambda: w.new_segment(sparse=sparse, dim=self._vector_dim(), items=items),
+                catalog,
                 ordered(), [str(p.resolve()) for p in paths], first_id,
                 store=self._store_writer(), has_features=self._has_features)
 
     def _vector_dim(self) -> int:
-        return self.dim if not self.sparse else int(self.embedder.dim)
+        return int(self.embedder.dim) if self.sparse or self.items else self.dim
 
     def _train_and_shard(self, root: Path, manifest: dict[str, Any], w: BundleWriter,
                          template: Any = None, only: set[int] | None = None) -> dict[str, Any]:
         """Train the index on a sample of the stored vectors (unless ``template`` is given),
         save the trained empty index and each segment's shard; returns the manifest's
         ``index`` record."""
-        bundle = Bundle(root, {**manifest, "index": {"kind": "sparse" if self.sparse else "faiss",
+        bundle = Bundle(root, {**manifest, "index": {"kind": self._index_kind(),
                                                       "dim": self._vector_dim(), "spec": ""}})
         if template is None:
             needs = self.index_spec.lower() not in ("flat", "hnsw", "sparse")
@@ -208,7 +213,7 @@ class BundleWriting:
             transform = lambda X: bb.augment(bundle.segments, bundle.rows, X,  # noqa: E731
                                              self.dba, self.metric)
         bb.build_shards(bundle.segments, template, transform=transform, only=only)
-        return {"kind": "sparse" if self.sparse else "faiss", "spec": self.index_spec,
+        return {"kind": self._index_kind(), "spec": self.index_spec,
                 "dim": self._vector_dim(), "template": name, "config": template.config()}
 
     def _manifest_base(self, root: Path, emb_dir: str, wh_dir: str | None,
@@ -308,11 +313,13 @@ class BundleWriting:
             bundle = Bundle(root, manifest)
             removed = bundle.catalog.ids_with_status("removed")
             before = len(bundle.segments)
-            number, writer = w.new_segment(sparse=self.sparse, dim=self._vector_dim())
+            number, writer = w.new_segment(sparse=self.sparse, dim=self._vector_dim(),
+                                           items=item_codec() if self.items else None)
             stores = bundle.feature_store() if self.store_features else None
             kp = self._store_writer()(writer.directory / "features") if stores else None
             for _, ids, rows in bb.iter_live_blocks(bundle.segments, removed):
-                writer.append(ids, rows if self.sparse else np.asarray(rows, np.float32))
+                writer.append(ids, rows if self.sparse or self.items
+                              else np.asarray(rows, np.float32))
                 if kp is not None:
                     self._copy_keypoints(stores, kp, ids, bundle.catalog)
             writer.close()

@@ -299,3 +299,26 @@ def test_compact_retrain_refits_the_ivf_list_count(tmp_path):
     assert run["retrained"]
     assert ret.config()["index"]["factory"] == f"IVF{preset_nlist(130)},Flat" != "IVF1,Flat"
     assert _results(ret, paths[:3], k=1) == [[str(p.resolve())] for p in paths[:3]]
+
+
+def test_asmk_bundle_builds_grows_searches_and_verifies(tmp_path):
+    """ASMK's per-image result is not a vector: segments keep its codes, its own inverted
+    file scores them, and add/remove/compact/verification work as for vectors."""
+    from cvretrieval.embedders import make_embedder
+
+    paths = _write_images(tmp_path / "imgs", range(12), size=(240, 320))
+    emb = make_embedder("asmk", n_words=64, n_features=300, random_state=0)
+    ret = Retriever(emb, n_jobs=1, rerank=["sv"]).build(paths[:8], output=tmp_path / "b")
+    assert ret.bundle_.manifest["index"]["kind"] == "items"
+    assert _results(ret, paths[:8], k=1) == [[str(p.resolve())] for p in paths[:8]]
+    ret.add(paths[8:])
+    ret.remove([paths[0]])
+    back = Retriever.load(tmp_path / "b")
+    assert len(back) == 11
+    assert _results(back, paths[1:], k=1) == [[str(p.resolve())] for p in paths[1:]]
+    assert str(paths[0].resolve()) not in sum(_results(back, paths[:3], k=12), [])
+    back.compact()
+    hits = back.search(paths[5], k=3, rerank="sv")
+    assert hits[0].path == str(paths[5].resolve())
+    with pytest.raises(ValueError, match="query expansion"):
+        back.search(paths[5], k=3, rerank="qe")

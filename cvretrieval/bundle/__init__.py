@@ -42,7 +42,7 @@ from .manifest import (
 from .segments import Segment, SegmentWriter, segment_name
 
 __all__ = ["Bundle", "BundleWriter", "Catalog", "CatalogEntry", "FORMAT", "FORMAT_VERSION",
-           "Segment", "SegmentWriter", "folder_checksums", "read_manifest"]
+           "Segment", "SegmentWriter", "folder_checksums", "item_codec", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = "lock"
@@ -53,14 +53,18 @@ _GENERATED = re.compile(
 class Bundle:
     """A committed bundle, opened for reading (searching never takes the writer's lock)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], items: Any = None) -> None:
         self.root = Path(root)
         self.manifest = manifest
-        self.sparse = manifest["index"].get("kind") == "sparse"
+        self.kind = manifest["index"].get("kind", "faiss")
+        self.items = items if self.kind == "items" else None
+        if self.kind == "items" and items is None:
+            self.items = item_codec()
+        self.sparse = self.kind in ("sparse", "items")
         self.dim = int(manifest["index"].get("dim", manifest["embedder"]["dim"]))
         self.segments = [
             Segment(self.root / segment_name(s["number"]), number=s["number"], n=s["n"],
-                    sparse=self.sparse, dim=self.dim)
+                    sparse=self.sparse, dim=self.dim, items=self.items)
             for s in manifest["segments"] if s["n"]
         ]
         self._firsts = [s["first_id"] for s in manifest["segments"] if s["n"]]
@@ -107,6 +111,13 @@ class Bundle:
         of ids without a vector are zero. Reads only those rows (memory-mapped)."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         seg_of = self.segment_of(ids) if len(ids) else np.zeros(0, np.int64)
+        if self.items is not None:
+            out: list[Any] = []
+            for j, i in enumerate(ids.tolist()):
+                s = int(seg_of[j])
+                pos = self.segments[s].positions(np.array([i]))[0] if s >= 0 else -1
+                out.append(self.segments[s].take(np.array([pos]))[0] if pos >= 0 else None)
+            return out
         if self.sparse:
             import scipy.sparse as sp
 
@@ -118,16 +129,31 @@ class Bundle:
                              else sp.csr_matrix((1, self.dim), dtype=np.float32))
             return (sp.vstack(parts).tocsr() if parts
                     else sp.csr_matrix((0, self.dim), dtype=np.float32))
-        out = np.zeros((len(ids), self.dim), np.float32)
+        dense = np.zeros((len(ids), self.dim), np.float32)
         for s in np.unique(seg_of[seg_of >= 0]).tolist():
             sel = np.flatnonzero(seg_of == s)
             pos = self.segments[s].positions(ids[sel])
             good = pos >= 0
-            out[sel[good]] = self.segments[s].rows()[pos[good]]
-        return out
+            dense[sel[good]] = self.segments[s].rows()[pos[good]]
+        return dense
 
     def feature_store(self) -> SegmentedStore:
         return SegmentedStore(self)
+
+
+def item_codec() -> tuple[Any, Any]:
+    """``(pack, unpack)`` of variable-length per-image items (ASMK codes) in a segment."""
+    from ..asmk_index import pack_codes, unpack_codes
+
+    def pack(items: list[Any]) -> dict[str, Any]:
+        n_bytes = items[0].codes.shape[1] if items else 16
+        words, codes, lims = pack_codes(items, n_bytes)
+        return {"words": words, "codes": codes, "lims": lims}
+
+    def unpack(arrays: dict[str, Any]) -> list[Any]:
+        return unpack_codes(arrays["words"], arrays["codes"], arrays["lims"])
+
+    return pack, unpack
 
 
 class SegmentedStore:
@@ -298,9 +324,11 @@ class BundleWriter:
         used = [int(p.name) for p in seg_root.iterdir() if p.name.isdigit()]
         return 1 + max(used or [0])
 
-    def new_segment(self, *, sparse: bool, dim: int) -> tuple[int, SegmentWriter]:
+    def new_segment(self, *, sparse: bool, dim: int,
+                    items: Any = None) -> tuple[int, SegmentWriter]:
         number = self.new_segment_number()
-        return number, SegmentWriter(self.root / segment_name(number), sparse=sparse, dim=dim)
+        return number, SegmentWriter(self.root / segment_name(number), sparse=sparse, dim=dim,
+                                     items=items)
 
     def commit(self, manifest: dict[str, Any]) -> None:
         """Make ``manifest`` (and every file it names) the bundle's content, atomically."""

@@ -95,7 +95,7 @@ def write_segments(
         if writer is None:
             number, writer = new_segment()
             kp_writer = store(writer.directory / "features") if store is not None else None
-        writer.append(np.array([cid], np.int64), _as_row(item.value, writer.sparse))
+        writer.append(np.array([cid], np.int64), _as_row(item.value, writer))
         if kp_writer is not None:
             kp_writer.append(item.keypoints, words=item.words)
         item.value = item.keypoints = item.words = None
@@ -107,8 +107,10 @@ def write_segments(
     return records, failures
 
 
-def _as_row(value: Any, sparse: bool) -> Any:
-    if sparse:
+def _as_row(value: Any, writer: SegmentWriter) -> Any:
+    if writer.items is not None:
+        return [value]
+    if writer.sparse:
         return value
     return np.asarray(value, np.float32).reshape(1, -1)
 
@@ -125,9 +127,11 @@ def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) 
     for s in segments:
         mine = take[(take >= start) & (take < start + s.n)] - start
         if len(mine):
-            rows = s.rows()[mine]
+            rows = s.take(mine)
             parts.append(rows if s.sparse else np.ascontiguousarray(rows))
         start += s.n
+    if segments[0].items is not None:
+        return [item for part in parts for item in part]
     if segments[0].sparse:
         import scipy.sparse as sp
 
@@ -202,4 +206,6 @@ def iter_live_blocks(segments: Sequence[Segment], removed: NDArray[np.int64],
             if keep.all():
                 yield si, ids, rows
             elif keep.any():
-                yield si, ids[keep], rows[np.flatnonzero(keep)]
+                picked = np.flatnonzero(keep)
+                yield si, ids[keep], ([rows[int(i)] for i in picked]
+                                      if isinstance(rows, list) else rows[picked])

@@ -116,6 +116,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     index = _field(m, path, "index", dict, "an object")
     if not isinstance(index.get("spec"), str):
         raise BundleError(f"{path}: field 'index.spec' must be a string")
+    if index.get("kind", "faiss") not in ("faiss", "sparse", "items"):
+        raise BundleError(f"{path}: field 'index.kind' is {index.get('kind')!r}; it must be "
+                          "faiss, sparse or items")
     metric = _field(m, path, "metric", str, "'ip' or 'l2'")
     if metric not in METRICS:
         raise BundleError(f"{path}: field 'metric' is {metric!r}; it must be 'ip' or 'l2'")

@@ -8,7 +8,8 @@ changed afterwards (a removal is a catalog status; compaction writes a new segme
 segments/000007/
   ids.npy        (n,) int64, increasing catalog ids
   vectors.npy    (n, d) float32 (dense embedders), or
-  rows.npz       CSR rows (data, indices, indptr, shape) of sparse embedders
+  rows.npz       CSR rows (data, indices, indptr, shape) of sparse embedders, or
+  items.npz      variable-length per-image items (ASMK codes: words, codes, lims)
   index.bin      the index shard over these rows (written after training)
   features/      key points for spatial verification (a FeatureStore), optional
 ```
@@ -25,8 +26,11 @@ from numpy.typing import NDArray
 from .._npyfile import GrowingNpy
 from ..errors import BundleError
 
-IDS_FILE, VECTORS_FILE, ROWS_FILE, SHARD_FILE, FEATURES_DIR = (
-    "ids.npy", "vectors.npy", "rows.npz", "index.bin", "features")
+IDS_FILE, VECTORS_FILE, ROWS_FILE, ITEMS_FILE, SHARD_FILE, FEATURES_DIR = (
+    "ids.npy", "vectors.npy", "rows.npz", "items.npz", "index.bin", "features")
+#: what a segment stores per image: a dense row, a sparse row, or a variable-length item
+#: (an embedder whose result is not a vector, e.g. ASMK's codes: flat arrays + ``lims``)
+KINDS = ("dense", "sparse", "items")
 
 
 def segment_name(number: int) -> str:
@@ -37,13 +41,14 @@ def segment_name(number: int) -> str:
 class SegmentWriter:
     """Append rows (dense float32 or sparse CSR) and their ids to a new segment folder."""
 
-    def __init__(self, directory: Path, *, sparse: bool, dim: int) -> None:
+    def __init__(self, directory: Path, *, sparse: bool, dim: int, items: Any = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=False)
-        self.sparse = sparse
+        self.sparse = sparse or items is not None
+        self.items = items  # (pack, unpack) functions of variable-length items, or None
         self.dim = int(dim)
         self._ids = GrowingNpy(self.directory / IDS_FILE, np.dtype(np.int64), ())
-        self._vectors = None if sparse else GrowingNpy(
+        self._vectors = None if self.sparse else GrowingNpy(
             self.directory / VECTORS_FILE, np.dtype(np.float32), (self.dim,))
         self._rows: list[Any] = []
         self.n = 0
@@ -56,7 +61,9 @@ class SegmentWriter:
             return
         if ids[0] <= self.last_id or np.any(np.diff(ids) <= 0):
             raise ValueError("segment ids must increase")
-        if self.sparse:
+        if self.items is not None:
+            self._rows.extend(rows)
+        elif self.sparse:
             self._rows.append(rows.tocsr().astype(np.float32))
         else:
             assert self._vectors is not None
@@ -71,7 +78,12 @@ class SegmentWriter:
         self._ids.finish()
         if self._vectors is not None:
             self._vectors.finish()
-        if self.sparse:
+        if self.items is not None:
+            arrays = self.items[0](self._rows)
+            with open(self.directory / ITEMS_FILE, "wb") as f:
+                np.savez(f, **arrays)
+            self._rows = []
+        elif self.sparse:
             import scipy.sparse as sp
 
             rows = (sp.vstack(self._rows).tocsr() if self._rows
@@ -83,11 +95,13 @@ class SegmentWriter:
 class Segment:
     """A committed segment, read lazily (memory-mapped vectors)."""
 
-    def __init__(self, directory: Path, *, number: int, n: int, sparse: bool, dim: int) -> None:
+    def __init__(self, directory: Path, *, number: int, n: int, sparse: bool, dim: int,
+                 items: Any = None) -> None:
         self.directory = Path(directory)
         self.number = int(number)
         self.n = int(n)
-        self.sparse = sparse
+        self.items = items
+        self.sparse = sparse or items is not None
         self.dim = int(dim)
         self._ids: NDArray[np.int64] | None = None
         self._rows: Any = None
@@ -113,6 +127,15 @@ class Segment:
 
     def rows(self) -> Any:
         """All rows: a memory-mapped (n, d) float32 array, or a CSR matrix."""
+        if self._rows is None and self.items is not None:
+            try:
+                with np.load(self.directory / ITEMS_FILE, allow_pickle=False) as z:
+                    rows = self.items[1]({k: z[k] for k in z.files})
+            except (OSError, ValueError, KeyError, EOFError) as exc:
+                raise self._fail(ITEMS_FILE, f"cannot be read ({exc})") from None
+            if len(rows) != self.n:
+                raise self._fail(ITEMS_FILE, f"holds {len(rows)} items, expected {self.n}")
+            self._rows = rows
         if self._rows is None:
             if self.sparse:
                 import scipy.sparse as sp
@@ -160,3 +183,10 @@ class Segment:
             chunk = rows[start:stop]
             yield np.asarray(self.ids[start:stop]), (chunk if self.sparse
                                                      else np.ascontiguousarray(chunk))
+
+    def take(self, positions: NDArray[np.int64]) -> Any:
+        """Rows at ``positions`` (a list for items)."""
+        rows = self.rows()
+        if self.items is not None:
+            return [rows[int(i)] for i in positions]
+        return rows[positions]
