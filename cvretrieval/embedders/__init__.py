@@ -6,8 +6,8 @@ Spec strings:
 - ``bovw`` and ``vlad`` with an optional detector suffix (``bovw-orb``, ``vlad-sift``,
   detectors ``sift``, ``rootsift``, ``orb``, ``akaze``, ``brisk``);
 - a model file, ``onnx:PATH``, ``tflite:PATH``, ``torchscript:PATH``, or a trained Siamese
-  model folder, ``siamese:MODEL_DIR`` (the part after the first colon fills the class's
-  ``path_param``: ``model_path``, or ``model_dir`` for Siamese);
+  model folder, ``siamese:MODEL_DIR``, or precomputed vectors, ``vectors:FILE.npz`` (the
+  part after the first colon fills the class's ``path_param``);
 - third-party embedders registered under the entry-point group ``cvretrieval.embedders``:
   the entry point's name, ``DISTRIBUTION:name``, or ``name:PATH`` when the class declares
   a ``path_param``.
@@ -56,6 +56,7 @@ LAZY_BUILTINS: dict[str, LazyEntry] = {
     "tflite": LazyEntry("cvretrieval.embedders.deep", "TFLiteEmbedder", "model_path"),
     "torchscript": LazyEntry("cvretrieval.embedders.deep", "TorchScriptEmbedder", "model_path"),
     "siamese": LazyEntry("cvretrieval.embedders.siamese", "SiameseEmbedder", "model_dir"),
+    "vectors": LazyEntry("cvretrieval.embedders.vectors", "VectorsEmbedder", "path"),
 }
 #: families that take a local detector as a suffix: ``bovw-sift``, ``vlad-orb``
 LOCAL_FAMILIES = ("bovw", "vlad")
