@@ -2,7 +2,8 @@
 
 :class:`WithDistractors` wraps a retriever built on a data set's gallery and a
 distractor collection, either a folder of images (embedded with the
-retriever's own fitted embedder, searched exactly) or a bundle built once per
+retriever's own fitted embedder, searched exactly: a flat Faiss index or the
+sparse inverted file) or a bundle built once per
 model (``cvret index DIR -o D.cvret`` with the same features), and behaves like
 a retriever for :func:`cvretrieval.evaluation.evaluate`: its catalog is the
 gallery followed by the distractors, and each query's results are the two
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WithDistractors", "merge_topk", "exact_topk"]
+__all__ = ["WithDistractors", "merge_topk"]
 
 
 def merge_topk(
@@ -88,37 +89,6 @@ def merge_topk(
     return out_d, out_i
 
 
-def exact_topk(
-    X: Any, V: Any, k: int, metric: str = "ip", block: int = 1 << 24
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Exact k-NN of the rows of ``X`` among the rows of ``V`` (dense or scipy sparse).
-
-    Returns Faiss-style ``D`` (scores for ``ip``, squared distances for ``l2``) and
-    ``I``, best first, ties to the smaller index; at most ``block`` scores at once.
-    """
-    m, n = X.shape[0], V.shape[0]
-    k = min(int(k), n)
-    D = np.full((m, k), np.nan, np.float32)
-    I = np.full((m, k), -1, np.int64)  # noqa: E741 - Faiss's name
-    vn = None
-    if metric == "l2":
-        vn = np.asarray(V.multiply(V).sum(1)).ravel() if hasattr(V, "multiply") else (V * V).sum(1)
-    step = max(1, block // max(1, n))
-    for s in range(0, m, step):
-        xb = X[s : s + step]
-        S = xb @ V.T
-        S = np.asarray(S.toarray() if hasattr(S, "toarray") else S, np.float64)
-        if metric == "l2":
-            xn = xb.multiply(xb).sum(1) if hasattr(xb, "multiply") else (xb * xb).sum(1)
-            S = -(np.asarray(xn, np.float64).reshape(-1, 1) - 2 * S + vn[None, :])
-        idx = np.broadcast_to(np.arange(n), S.shape)
-        order = np.lexsort((idx, -S), axis=1)[:, :k]
-        best = np.take_along_axis(S, order, axis=1)
-        D[s : s + step] = best if metric == "ip" else -best
-        I[s : s + step] = order
-    return D, I
-
-
 class WithDistractors:
     """A retriever plus a distractor collection, searched as one catalog.
 
@@ -160,7 +130,7 @@ class WithDistractors:
             self._check_bundle(bundle)
             paths = [Path(p) for p in bundle.paths]
             self._bundle: Any = bundle
-            self._vectors = None
+            self._index = None
         else:
             from .io import list_images
 
@@ -173,7 +143,9 @@ class WithDistractors:
             if bad:
                 logger.warning("%d distractor images could not be read: skipped", len(bad))
             paths = [listed[r] for r in rows]
-            self._vectors = X
+            self._index = self._exact_index(X)
+        if not paths:
+            raise ValueError(f"{self.source} holds no readable distractor image; check the path")
         self.distractor_paths = paths
         self._dropped = np.array(
             [str(Path(p).resolve()) in excluded for p in paths], dtype=bool
@@ -184,6 +156,16 @@ class WithDistractors:
                 int(self._dropped.sum()),
             )
         logger.info("%d distractors from %s", len(paths) - int(self._dropped.sum()), self.source)
+
+    def _exact_index(self, X: Any) -> Any:
+        """An exact index of the distractor vectors, of the kind the retriever searches."""
+        if hasattr(X, "tocsr"):  # sparse vectors (BoVW): the sparse inverted file
+            from .sparse import SparseIndex
+
+            return SparseIndex(n_words=int(X.shape[1])).build(X)
+        from .index import Index
+
+        return Index("flat", self.metric).build(X)
 
     def _check_bundle(self, bundle: Any) -> None:
         mine, theirs = self.retriever.config(), bundle.config()
@@ -230,7 +212,7 @@ class WithDistractors:
             if self._bundle is not None:
                 D2, I2 = self._bundle.search_vectors(X, k2)
             else:
-                D2, I2 = exact_topk(X, self._vectors, k2, self.metric)
+                D2, I2 = self._index.search(X, k2)
             I2 = np.where((I2 >= 0) & self._dropped[np.clip(I2, 0, None)], -1, I2)
             D[rows], I[rows] = merge_topk(D1, I1, D2, I2, k, self.metric, offset=n1)
         return D, I, [qi for qi, e in enumerate(errors) if e]
