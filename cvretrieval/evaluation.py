@@ -43,6 +43,7 @@ from .metrics import (
     precision_at_k,
     recall_at_k,
     recall_levels,
+    revisited_metrics,
 )
 from .metrics.ranking import _check_k
 from .scoring import (
@@ -53,7 +54,6 @@ from .scoring import (
     Scorer,
     compute_metrics,
     mean_pr_curve,
-    revisited_metrics,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -11,8 +11,9 @@ results equal those of the full rankings (the order of
 ``np.argsort(-scores, kind="stable")``: higher score first, ties by gallery
 index) to rounding.
 
-:func:`compute_metrics`, :func:`mean_pr_curve` and :func:`revisited_metrics` are
-the same on a list of rankings.
+:func:`compute_metrics` and :func:`mean_pr_curve` are the same on a list of
+rankings (:func:`~cvretrieval.metrics.revisited_metrics`
+scores revisitop's protocols on rankings).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from .metrics import (
     as_index_array,
     cleaned_positions,
     compute_ap,
-    compute_map,
     dcg_from_positions,
     first_rank_from_positions,
     graded_arrays,
@@ -50,7 +50,6 @@ __all__ = [
     "Scorer",
     "compute_metrics",
     "mean_pr_curve",
-    "revisited_metrics",
     "MAP_AT_K",
     "PR_AT_K",
     "NDCG_AT_K",
@@ -468,45 +467,3 @@ def mean_pr_curve(
     precision 0. Returns ``{"recall": [0, ..., 1], "precision": [...]}``.
     """
     return _score_rankings(rankings, dataset_or_gnd, self_index, (), failed, n_points)[2]
-
-
-def revisited_metrics(
-    rankings: Sequence[ArrayLike],
-    protocols: Mapping[str, Sequence[dict]],
-    self_index: Sequence[int | None] | None = None,
-    kappas: Sequence[int] = (1, 5, 10),
-) -> dict[str, dict[str, Any]]:
-    """mAP and mP@k of every protocol, with :func:`compute_map` exactly as revisitop.
-
-    Rankings of different lengths are padded with -1; a query's own image (when
-    it is in the gallery) is removed from its positives and treated as junk.
-    Returns, per protocol, ``mAP``, ``mP@k`` for each kappa,
-    ``n_queries_evaluated`` and ``ap`` (``None`` for a query without positives).
-    """
-    nq = len(rankings)
-    if self_index is None:
-        self_index = [None] * nq
-    rows = [np.asarray(r, dtype=np.int64).ravel() for r in rankings]
-    ranks = np.full((max((r.size for r in rows), default=0), nq), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        ranks[: r.size, i] = r
-    out: dict[str, dict[str, Any]] = {}
-    for name, gnd in protocols.items():
-        if len(gnd) != nq:
-            raise ValueError(f"protocol {name!r} has {len(gnd)} queries for {nq} rankings")
-        gnd_t = []
-        for g, s in zip(gnd, self_index, strict=True):
-            ok = as_index_array(g["ok"])
-            junk = as_index_array(g.get("junk", ()))
-            if s is not None:
-                ok = ok[ok != int(s)]
-                junk = np.append(junk[junk != int(s)], int(s))
-            gnd_t.append({"ok": ok, "junk": junk})
-        m, aps, pr, _ = compute_map(ranks, gnd_t, kappas)
-        entry: dict[str, Any] = {"mAP": 0.0 if math.isnan(m) else float(m)}
-        for kappa, value in zip(kappas, pr, strict=True):
-            entry[f"mP@{int(kappa)}"] = 0.0 if math.isnan(value) else float(value)
-        entry["n_queries_evaluated"] = int(np.count_nonzero(~np.isnan(aps)))
-        entry["ap"] = [None if math.isnan(a) else float(a) for a in aps]
-        out[name] = entry
-    return out

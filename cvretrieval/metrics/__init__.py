@@ -58,6 +58,7 @@ from .revisitop import (
     compute_ap,
     compute_map,
     member,
+    revisited_metrics,
     revisitop_precision,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "compute_ap",
     "compute_map",
     "revisitop_precision",
+    "revisited_metrics",
     "average_precision",
     "ap_at_k",
     "precision_at_k",
