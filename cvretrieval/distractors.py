@@ -130,7 +130,7 @@ class WithDistractors:
             self._check_bundle(bundle)
             paths = [Path(p) for p in bundle.paths]
             self._bundle: Any = bundle
-            self._index = None
+            self._index: Any = None
         else:
             from .io import list_images
 

@@ -173,12 +173,12 @@ def _lookup(
         where.setdefault(str((root / p).resolve()), i)
     rows = []
     for w in wanted:
-        i = where.get(PurePosixPath(w).as_posix(), where.get(str((root / w).resolve())))
-        if i is None:
+        found = where.get(PurePosixPath(w).as_posix(), where.get(str((root / w).resolve())))
+        if found is None:
             raise DatasetError(
                 f"{path}: {key} has no row for {w!r}; give one vector per data set image"
             )
-        rows.append(i)
+        rows.append(found)
     return np.ascontiguousarray(vectors[np.asarray(rows, dtype=np.int64)])
 
 
