@@ -89,3 +89,16 @@ def test_cli_features_vectors_and_alias_agree(tmp_path):
     assert "NDCG@10" in ra["metrics"] and "NDCG@10" in rb["metrics"]
     res = cli_run("eval", ds_root / "gt.json", "--vectors", tmp_path / "v.npz")
     assert "NDCG@5" in res.output
+
+
+def test_bench_scores_vectors_without_building(tmp_path):
+    from cvretrieval.bench import run_bench
+
+    ds = _dataset(tmp_path)  # its image files do not exist: nothing may read them
+    g, q = _vectors()
+    q = q[[1, 0, 3, 2]]  # query vectors in another order than the gallery
+    np.savez(tmp_path / "v.npz", gallery=g, queries=q)
+    result = run_bench(ds, [f"vectors:{tmp_path / 'v.npz'}"], progress=False)
+    row = result["rows"][0]
+    assert row["mAP"] == pytest.approx(evaluate_vectors(g, q, ds)["metrics"]["mAP"])
+    assert row["index_s"] == 0.0 and row["skipped"] == 0
