@@ -14,7 +14,7 @@ from typing import Any
 
 from .datasets import RetrievalDataset
 from .demo import markdown_table
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ def run_bench(
         embedder = make_embedder(spec, random_state=random_state) if _takes_seed(spec) else (
             make_embedder(spec)
         )
+        if getattr(embedder, "takes_paths", False):  # vectors:FILE.npz: nothing to build
+            report = evaluate_embedder(embedder, dataset, metric=metric, progress=progress)
+            rows.append(_row(spec, report, 0.0, len(dataset.qimlist), 0))
+            reports[spec] = report
+            continue
         ret = Retriever(embedder, index=index, metric=metric, max_side=max_side, n_jobs=n_jobs,
                         random_state=random_state, feature_cache=feature_cache,
                         **(retriever_options or {}))
@@ -78,15 +83,10 @@ def run_bench(
         ret.feature_cache = None
         report = evaluate(ret, dataset, progress=progress)
         report["build"] = {k: v for k, v in ret.last_run_.items() if k != "failed"}
-        m = report["metrics"]
-        row: dict[str, Any] = {"features": spec}
-        row.update({k: m[k] for k in COLUMNS if k in m})
-        row["index_s"] = round(index_s, 2)
-        row["query_ms"] = round(1000 * report["search_seconds"] / max(1, len(dataset.qimlist)), 1)
-        row["skipped"] = ret.last_run_.get("skipped", 0)
-        rows.append(row)
+        rows.append(_row(spec, report, index_s, len(dataset.qimlist),
+                         ret.last_run_.get("skipped", 0)))
         reports[spec] = report
-        logger.info("%s: mAP %.4f, built in %.1f s", spec, m["mAP"], index_s)
+        logger.info("%s: mAP %.4f, built in %.1f s", spec, report["metrics"]["mAP"], index_s)
     return {
         "dataset": {"name": dataset.name, "root": str(dataset.root), **dataset.summary()},
         "index": index,
@@ -95,6 +95,17 @@ def run_bench(
         "table": markdown_table(rows, list(COLUMNS)),
         "reports": reports,
     }
+
+
+def _row(spec: str, report: dict[str, Any], index_s: float, n_queries: int,
+         skipped: int) -> dict[str, Any]:
+    m = report["metrics"]
+    row: dict[str, Any] = {"features": spec}
+    row.update({k: m[k] for k in COLUMNS if k in m})
+    row["index_s"] = round(index_s, 2)
+    row["query_ms"] = round(1000 * report["search_seconds"] / max(1, n_queries), 1)
+    row["skipped"] = skipped
+    return row
 
 
 def _takes_seed(spec: str) -> bool:

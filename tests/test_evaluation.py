@@ -228,8 +228,10 @@ def test_average_precision_hand():
     # junk 5 removed: hits at 0, 1, 3 -> 1 + 1 + (2/3 + 3/4)/2 = 2 + 17/24 = 65/24; /3 -> 65/72
     assert average_precision(RANKING, OK, junk=[5]) == pytest.approx(65 / 72)
     assert math.isnan(average_precision(RANKING, []))
-    # an index in both ok and junk counts as ok
-    assert average_precision([1, 2], ok=[1, 2], junk=[1]) == pytest.approx(1.0)
+    # an index in both ok and junk: revisitop scores it as a positive at its position and,
+    # as junk, moves the positives after it up: positives at 0 and 1 - 1 = 0 ->
+    # (1 + 1)/2 + (1 + 2/1)/2 = 5/2; / 2 -> 5/4 (see test_ok_and_junk_scored_as_revisitop)
+    assert average_precision([1, 2], ok=[1, 2], junk=[1]) == pytest.approx(1.25)
     # -1 padding is ignored
     assert average_precision([7, -1, -1], ok=[7]) == 1.0
 

@@ -275,3 +275,13 @@ def test_report_on_ukbench_hog_evaluation(ukbench_dir, tmp_path):
     for key in ("ok", "bad", "query"):
         rgb = np.array([int(COLORS[key][i : i + 2], 16) for i in (1, 3, 5)])
         assert np.count_nonzero(np.all(arr == rgb, axis=1)) > 100, key
+
+
+def test_report_shows_ndcg(toy, tmp_path):
+    ds, result = toy
+    result = {**result, "metrics": {**result["metrics"], "NDCG@5": 0.4321, "NDCG@10": 0.5432,
+                                    "NDCG@100": 0.6543}}
+    html = write_report(result, ds, tmp_path / "rep").read_text()
+    # a headline card and a column of the at-k table
+    assert html.count("0.5432") >= 2
+    assert "NDCG@k" in html and "0.4321" in html and "0.6543" in html

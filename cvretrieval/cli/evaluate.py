@@ -31,37 +31,57 @@ from ._common import (
               default=None, help="Where images extracted from TFRecords go.")
 @click.option("--vectors", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None,
-              help="Score precomputed embeddings (.npz with gallery, queries[, metric]) instead of "
-                   "building a retriever.")
+              help="Alias of --features vectors:FILE: score precomputed embeddings (.npz with "
+                   "gallery, queries[, metric, gallery_paths, query_paths]).")
+@click.option("--distractors", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None, metavar="DIR_OR_BUNDLE",
+              help="Add distractors to the gallery: a folder of images (embedded with the same "
+                   "features) or a bundle built by `cvret index` with the same features.")
+@click.option("--ndcg-gain", type=click.Choice(["linear", "exponential"]), default="linear",
+              show_default=True, help="Gain of NDCG@k (reported when the ground truth has grades).")
 @_stack(report_options)
 @embedder_options
 @common_options
 def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None,
-             data_cache: Path | None, vectors: Path | None, report_dir: Path | None,
-             report_png: Path | None, out: Output, **options: Any) -> None:
-    """Score DATASET's queries against its gallery (mAP, P@k, N-S, ...).
+             data_cache: Path | None, vectors: Path | None, distractors: Path | None,
+             ndcg_gain: str, report_dir: Path | None, report_png: Path | None, out: Output,
+             **options: Any) -> None:
+    """Score DATASET's queries against its gallery (mAP, P@k, N-S, NDCG, ...).
 
-    Builds a retriever with the given features, or scores the precomputed --vectors of any
-    model (a Keras, TensorFlow or PyTorch model trained elsewhere).
+    Builds a retriever with the given features, or scores precomputed vectors of any model
+    (a Keras, TensorFlow or PyTorch model trained elsewhere) with --features vectors:FILE.npz.
     """
     from ..datasets import load_dataset
-    from ..evaluation import evaluate, format_metrics_table
+    from ..embedders import embedder_class, make_embedder, parse_spec
+    from ..evaluation import evaluate, evaluate_embedder, format_metrics_table
 
     data = load_dataset(dataset, format=fmt, protocol=protocol, cache_dir=data_cache)
     if vectors is not None:
-        from ..evaluation import evaluate_vectors, load_vectors_npz
-
-        gallery, queries, metric = load_vectors_npz(vectors, data)
-        report = evaluate_vectors(gallery, queries, data, metric=metric or options["metric"], k=k,
-                                  source=str(vectors))
-        what = f"vectors {vectors}"
+        options["features"] = f"vectors:{vectors}"
+    features = options["features"]
+    name, _ = parse_spec(features)
+    if getattr(embedder_class(name), "takes_paths", False):
+        if distractors is not None:
+            raise click.UsageError("--distractors needs image features, not precomputed vectors")
+        report = evaluate_embedder(make_embedder(features), data, metric=options["metric"], k=k,
+                                   ndcg_gain=ndcg_gain, progress=out.progress)
+        what = f"features {features}"
     else:
         ret = _make_retriever(**options)
         ret.build(data.image_paths(), progress=out.progress)
         _print_failures(out, ret.last_run_)
-        report = evaluate(ret, data, k=k, progress=out.progress)
+        target: Any = ret
+        if distractors is not None:
+            from ..distractors import WithDistractors
+
+            target = WithDistractors(ret, distractors, exclude=[*data.image_paths(),
+                                                                 *data.query_paths()],
+                                     progress=out.progress)
+        report = evaluate(target, data, k=k, progress=out.progress, ndcg_gain=ndcg_gain)
         report["build"] = {key: v for key, v in ret.last_run_.items() if key != "failed"}
-        what = f"features {options['features']}, index {options['index_spec']}"
+        what = f"features {features}, index {options['index_spec']}"
+        if distractors is not None:
+            what += f", {report['config']['distractors']['n']} distractors"
     out.text(f"{data.name or dataset}: {len(data.qimlist)} queries, {len(data.imlist)} images, "
              f"{what}")
     out.text(format_metrics_table(report["metrics"]))

@@ -6,8 +6,8 @@ Spec strings:
 - ``bovw``, ``vlad`` and ``asmk`` with an optional detector suffix (``bovw-orb``, ``vlad-sift``,
   detectors ``sift``, ``rootsift``, ``orb``, ``akaze``, ``brisk``);
 - a model file, ``onnx:PATH``, ``tflite:PATH``, ``torchscript:PATH``, or a trained Siamese
-  model folder, ``siamese:MODEL_DIR`` (the part after the first colon fills the class's
-  ``path_param``: ``model_path``, or ``model_dir`` for Siamese);
+  model folder, ``siamese:MODEL_DIR``, or precomputed vectors, ``vectors:FILE.npz`` (the
+  part after the first colon fills the class's ``path_param``);
 - a registered pretrained model, ``model:NAME`` (``cvret models list``; fetched first with
   ``cvret models fetch NAME``);
 - third-party embedders registered under the entry-point group ``cvretrieval.embedders``:
@@ -60,6 +60,7 @@ LAZY_BUILTINS: dict[str, LazyEntry] = {
     "torchscript": LazyEntry("cvretrieval.embedders.deep", "TorchScriptEmbedder", "model_path"),
     "siamese": LazyEntry("cvretrieval.embedders.siamese", "SiameseEmbedder", "model_dir"),
     "model": LazyEntry("cvretrieval.embedders.pretrained", "PretrainedEmbedder", "model_name"),
+    "vectors": LazyEntry("cvretrieval.embedders.vectors", "VectorsEmbedder", "path"),
 }
 #: families that take a local detector as a suffix: ``bovw-sift``, ``vlad-orb``
 LOCAL_FAMILIES = ("bovw", "vlad", "asmk")
