@@ -83,6 +83,9 @@ class Retriever(BundleWriting):
         Share extracted local features between embedders by image content hash.
     lock_timeout : float, default 3600
         Seconds a writer waits for another writer of the same bundle.
+    reuse_vectors : bool, default True
+        A query path that is indexed reuses its stored vector; False embeds every query
+        again (to time queries end to end).
 
     Examples
     --------
@@ -117,6 +120,7 @@ class Retriever(BundleWriting):
         sv_min_inliers: int = 12,
         feature_cache: str | os.PathLike | None = None,
         lock_timeout: float = 3600.0,
+        reuse_vectors: bool = True,
     ) -> None:
         self.embedder = make_embedder(embedder) if isinstance(embedder, str) else embedder
         self.index_spec = index
@@ -141,6 +145,7 @@ class Retriever(BundleWriting):
         self.sv_min_inliers = int(sv_min_inliers)
         self.feature_cache = feature_cache
         self.lock_timeout = float(lock_timeout)
+        self.reuse_vectors = bool(reuse_vectors)
         self._check_sparse_options()
         self.whitening_: Any = None
         self._index: Any = None
@@ -384,7 +389,8 @@ class Retriever(BundleWriting):
         if len(boxes) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
         keys = {qi: str(Path(q).resolve()) for qi, q in enumerate(queries)
-                if isinstance(q, (str, os.PathLike)) and boxes[qi] is None}
+                if isinstance(q, (str, os.PathLike)) and boxes[qi] is None
+                and self.reuse_vectors}
         known = self.catalog.ids_of(keys.values(), status="ok") if keys else {}
         stored = {qi: known[k] for qi, k in keys.items() if k in known}
         tasks = [(qi, q, tuple(b) if b is not None else None)

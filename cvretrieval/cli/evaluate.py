@@ -17,6 +17,7 @@ from ._common import (
     common_options,
     embedder_options,
     report_options,
+    scheduler_option,
 )
 
 
@@ -98,6 +99,7 @@ def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True)
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
 @click.option("--n-jobs", type=int, default=-1, show_default=True, envvar="CVRET_N_JOBS")
+@scheduler_option
 @click.option("--random-state", type=int, default=0, show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None,
@@ -109,9 +111,9 @@ def eval_cmd(dataset: Path, fmt: str | None, k: int | None, protocol: str | None
 @click.option("--protocol", type=click.Choice(["easy", "medium", "hard"]), default=None)
 @common_options
 def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str, metric: str,
-              max_side: int, n_jobs: int, random_state: int, cache_dir: Path | None,
-              pca_whiten: int | None, dba: int, rerank: str | None, qe_k: int,
-              protocol: str | None, out: Output) -> None:
+              max_side: int, n_jobs: int, scheduler: str | None, random_state: int,
+              cache_dir: Path | None, pca_whiten: int | None, dba: int, rerank: str | None,
+              qe_k: int, protocol: str | None, out: Output) -> None:
     """Evaluate several embedders on DATASET in one run: one table of quality and seconds.
 
     Local features are extracted once per detector and shared between configurations
@@ -125,7 +127,8 @@ def bench_cmd(dataset: Path, fmt: str | None, feature_list: str, index_spec: str
 
     data = load_dataset(dataset, format=fmt, protocol=protocol)
     specs = [f.strip() for f in feature_list.split(",") if f.strip()]
-    options = {"pca_whiten": pca_whiten, "dba": dba, "rerank": parse_rerank(rerank), "qe_k": qe_k}
+    options = {"pca_whiten": pca_whiten, "dba": dba, "rerank": parse_rerank(rerank), "qe_k": qe_k,
+               "scheduler": scheduler}
     with tempfile.TemporaryDirectory(prefix="cvret-bench-") as tmp:
         result = run_bench(data, specs, index=index_spec, metric=metric, max_side=max_side,
                            n_jobs=n_jobs, random_state=random_state,
