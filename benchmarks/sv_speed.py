@@ -224,6 +224,10 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     _, shortlist = index.search(xq, top_n)
     search_ms = 1000 * (time.perf_counter() - t0) / len(q_imgs)
 
+    in_list = [len(set(g["ok"]) & set(shortlist[i].tolist())) for i, g in enumerate(gnd)]
+    recall = sum(in_list) / sum(len(g["ok"]) for g in gnd)
+    logger.warning("copies in the BoVW top %d: %.3f", top_n, recall)
+
     store_dir = work / "store"
     with FeatureStoreWriter(store_dir, words=True, max_keypoints=args.n_features,
                             meta={"detector": args.detector}) as writer:
@@ -232,8 +236,8 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     store = FeatureStore.open(store_dir)
     del g_feats
 
-    words = SpatialVerifier(top_n=top_n)
-    desc = SpatialVerifier(top_n=top_n, matcher="words+desc")
+    words = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers)
+    desc = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc")
     configs: dict[str, tuple[Any, bool, list]] = {
         "none (BoVW top-n)": (None, False, q_words),
         "words (default)": (words, False, q_words),
@@ -244,8 +248,12 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "words+desc, query MA 3 + QE": (desc, True, q_words3),
     }
     if args.with_ratio:
-        configs["ratio + MAGSAC"] = (SpatialVerifier(top_n=top_n, matcher="ratio"), False,
-                                     q_words)
+        configs["ratio + MAGSAC"] = (
+            SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="ratio"), False,
+            q_words)
+    if args.only:
+        keep = {n.strip() for n in args.only.split(",")}
+        configs = {k: v for k, v in configs.items() if k in keep}
     rows = []
     for name, (sv, qe, qws) in configs.items():
         ranked = shortlist.copy()
@@ -268,7 +276,8 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "params": {"queries": len(q_feats), "gallery": len(store), "top_n": top_n,
                    "detector": args.detector, "n_features": args.n_features, "words": n_words,
-                   "max_side": args.max_side, "seed": args.seed, "qe_k": args.qe_k},
+                   "max_side": args.max_side, "seed": args.seed, "qe_k": args.qe_k,
+                   "min_inliers": args.min_inliers, "shortlist_recall": round(recall, 4)},
         "seconds": {"extract_gallery": round(extract_s, 1), "vocabulary": round(vocab_s, 1)},
         "ms_per_query": {"extract": round(q_extract_ms, 1), "assign": round(q_assign_ms, 1),
                          "search": round(search_ms, 2)},
@@ -364,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--niter", type=int, default=10, help="k-means iterations")
     ap.add_argument("--max-descriptors", type=int, default=200_000)
     ap.add_argument("--top-n", type=int, default=100)
+    ap.add_argument("--min-inliers", type=int, default=12)
     ap.add_argument("--qe-k", type=int, default=3, help="verified results that expand a query")
     ap.add_argument("--with-ratio", action="store_true", help="also brute-force ratio matching")
     ap.add_argument("--n-jobs", type=int, default=-1)
@@ -374,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         "--zipf", type=float, default=0.0, help="Zipf exponent of word ids (0: uniform)"
     )
     ap.add_argument("--sparse-queries", type=int, default=200)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated row names to run (default: all)")
     ap.add_argument("--skip-sv", action="store_true")
     ap.add_argument("--skip-sparse", action="store_true")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")

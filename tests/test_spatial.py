@@ -18,6 +18,7 @@ from cvretrieval.rerank.spatial import (
     tentative_matches_words_desc,
     verify,
 )
+from cvretrieval.rerank.matching import tentative_matches_words_desc_many
 
 # --------------------------------------------------------------------------- word matches
 
@@ -230,6 +231,19 @@ def test_words_desc_matches_equal_the_definition(seed):
                                        max_pairs=None)
     assert set(map(tuple, got.tolist())) == brute_force_words_desc(qw, cw, qd, cd, 0.9)
     assert len(np.unique(got[:, 0])) == len(got) == len(np.unique(got[:, 1]))
+
+
+def test_words_desc_many_candidates_in_one_pass_equal_the_definition():
+    rng = np.random.default_rng(5)
+    qw, qd = rng.integers(0, 5, 30), rng.normal(size=(30, 8)).astype(np.float32)
+    cands = [(rng.integers(0, 5, n), rng.normal(size=(n, 8)).astype(np.float32))
+             for n in (25, 0, 40, 1)]
+    many = tentative_matches_words_desc_many(qw, [c[0] for c in cands], qd,
+                                             [c[1] for c in cands], ratio=0.9,
+                                             max_per_word=None, max_pairs=None)
+    assert len(many) == 4 and len(many[1]) == 0
+    for (cw, cd), got in zip(cands, many, strict=True):
+        assert set(map(tuple, got.tolist())) == brute_force_words_desc(qw, cw, qd, cd, 0.9)
 
 
 def test_words_desc_hamming_and_multiple_assignment():

@@ -39,6 +39,7 @@ __all__ = [
     "tentative_matches_ratio",
     "tentative_matches_words",
     "tentative_matches_words_desc",
+    "tentative_matches_words_desc_many",
 ]
 
 Matches = NDArray[np.int64]
@@ -265,10 +266,12 @@ def pair_distances(
     return np.einsum("ij,ij->i", diff, diff).astype(np.float32, copy=False)
 
 
-def _best_per(key: NDArray[np.int64], d: NDArray[np.float32]) -> tuple[NDArray[np.int64], ...]:
+def _best_per(
+    key: NDArray[np.int64], d: NDArray[np.float32], by_d: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], ...]:
     """For each distinct ``key``: the row of its smallest ``d``, that distance, the second
-    smallest (``inf`` when alone)."""
-    o = np.lexsort((d, key))
+    smallest (``inf`` when alone); ``by_d`` is ``argsort(d)``, shared between calls."""
+    o = by_d[np.argsort(key[by_d], kind="stable")]
     ks, ds = key[o], d[o]
     first = np.empty(ks.shape[0], bool)
     first[0] = True
@@ -279,16 +282,86 @@ def _best_per(key: NDArray[np.int64], d: NDArray[np.float32]) -> tuple[NDArray[n
     return o[starts], ds[starts], second
 
 
-def _resolve_pairs(
-    pairs: Matches, d: NDArray[np.float32], ratio: float, binary: bool
-) -> Matches:
-    """Mutual nearest pairs that pass the ratio test among the pairs of their query point."""
-    best_q, d1, d2 = _best_per(pairs[:, 0], d)
-    r = ratio if binary else ratio * ratio  # squared L2 distances
+def _match_many(
+    q: QueryWords, c_words: list[NDArray[np.integer]], max_per_word: int | None,
+    max_pairs: int | None,
+) -> tuple[Matches, NDArray[np.int64]]:
+    """Word pairs of the query with several candidates at once: ``(i, global j)`` rows
+    (``j`` indexes the concatenated candidates) and the candidate of each row."""
+    lens = np.array([len(w) for w in c_words], np.int64)
+    if q.uniq.shape[0] == 0 or lens.sum() == 0:
+        return _empty_matches(), np.zeros(0, np.int64)
+    cw = np.concatenate([np.asarray(w).reshape(-1) for w in c_words]).astype(np.int64)
+    owner = np.repeat(np.arange(len(c_words), dtype=np.int64), lens)
+    o = np.lexsort((owner, cw))  # by word, then candidate
+    cws, own = cw[o], owner[o]
+    pos = np.minimum(np.searchsorted(q.uniq, cws), q.uniq.shape[0] - 1)
+    ci = np.flatnonzero(q.uniq[pos] == cws)
+    if ci.size == 0:
+        return _empty_matches(), np.zeros(0, np.int64)
+    g, ow = pos[ci], own[ci]
+    first = np.empty(g.shape[0], bool)
+    first[0] = True
+    first[1:] = (g[1:] != g[:-1]) | (ow[1:] != ow[:-1])
+    run = np.cumsum(first) - 1
+    b = np.bincount(run)[run]  # occurrences of the word in that candidate
+    a = q.counts[g]
+    if max_per_word is not None:
+        keep = (a <= max_per_word) & (b <= max_per_word)
+        ci, g, a, b, ow = ci[keep], g[keep], a[keep], b[keep], ow[keep]
+    cap = None if max_pairs is None else int(max_pairs) * len(c_words)
+    if cap is not None and a.sum() > cap:  # the least ambiguous words first
+        by = np.argsort(a * b, kind="stable")
+        sel = np.sort(by[np.cumsum(a[by]) <= cap])
+        ci, g, a, ow = ci[sel], g[sel], a[sel], ow[sel]
+    total = int(a.sum())
+    rep = np.repeat(np.arange(a.shape[0]), a)
+    local = np.arange(total) - np.repeat(np.cumsum(a) - a, a)
+    out = np.empty((total, 2), np.int64)
+    out[:, 0] = q.order[q.starts[g][rep] + local]
+    out[:, 1] = o[ci[rep]]
+    return out, ow[rep]
+
+
+def tentative_matches_words_desc_many(
+    q_words: NDArray[np.integer] | QueryWords,
+    c_words: list[NDArray[np.integer]],
+    q_desc: NDArray[Any],
+    c_desc: list[NDArray[Any]],
+    *,
+    ratio: float = 0.85,
+    max_per_word: int | None = 50,
+    max_pairs: int | None = 20_000,
+    binary: bool | None = None,
+) -> list[Matches]:
+    """:func:`tentative_matches_words_desc` with several candidates in one vectorised
+    pass (one list entry each); ``max_pairs`` caps the pairs of all candidates together
+    at ``max_pairs * len(c_words)``."""
+    if not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    q = q_words if isinstance(q_words, QueryWords) else query_words(q_words)
+    pairs, owner = _match_many(q, c_words, max_per_word, max_pairs)
+    n_c = len(c_words)
+    if pairs.shape[0] == 0:
+        return [_empty_matches() for _ in range(n_c)]
+    qd = np.asarray(q_desc)
+    if binary is None:
+        binary = qd.dtype == np.uint8
+    cd = np.concatenate([np.asarray(c) for c in c_desc])
+    d = pair_distances(qd, cd, pairs, bool(binary))
+    n_q = max(int(pairs[:, 0].max()) + 1, 1)
+    by_d = np.argsort(d, kind="stable")
+    best_q, d1, d2 = _best_per(owner * n_q + pairs[:, 0], d, by_d)  # per query point, candidate
+    r = float(ratio) if binary else float(ratio) ** 2  # squared L2 distances
     best_q = best_q[d1 < r * d2]
-    best_c = _best_per(pairs[:, 1], d)[0]
+    best_c = _best_per(pairs[:, 1], d, by_d)[0]  # mutual: also the candidate point's nearest
     keep = np.intersect1d(best_q, best_c, assume_unique=True)
-    return pairs[keep]
+    keep = keep[np.lexsort((pairs[keep, 0], owner[keep]))]  # by candidate, then query row
+    starts = np.concatenate([[0], np.cumsum([len(w) for w in c_words])])
+    pk, ok = pairs[keep], owner[keep]
+    pk[:, 1] -= starts[ok]
+    bounds = np.searchsorted(ok, np.arange(n_c + 1))
+    return [pk[bounds[k] : bounds[k + 1]] for k in range(n_c)]
 
 
 def tentative_matches_words_desc(
@@ -307,8 +380,8 @@ def tentative_matches_words_desc(
     Parameters
     ----------
     q_words : (n_q,) or (n_q, m) int ndarray, or QueryWords
-        The query key points' word(s) (``m`` words each with multiple assignment), or
-        their grouping by :func:`query_words` computed once per query.
+        The query key points' word(s) (``m`` words each with multiple assignment; -1:
+        none), or their grouping by :func:`query_words` computed once per query.
     c_words : (n_c,) int ndarray
         The candidate key points' words.
     q_desc, c_desc : (n_q, D), (n_c, D) ndarray
@@ -329,7 +402,8 @@ def tentative_matches_words_desc(
     Returns
     -------
     matches : (M, 2) int64 ndarray
-        ``(query row, candidate row)``, each row at most once on either side.
+        ``(query row, candidate row)`` by increasing query row, each row at most once on
+        either side.
 
     Examples
     --------
@@ -339,15 +413,7 @@ def tentative_matches_words_desc(
     >>> tentative_matches_words_desc(qw, cw, qd, cd).tolist()
     [[0, 1], [1, 0], [2, 3]]
     """
-    if not 0.0 < float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    q = q_words if isinstance(q_words, QueryWords) else query_words(q_words)
-    pairs = _match_query(q, c_words, max_per_word, max_pairs)
-    if pairs.shape[0] == 0:
-        return pairs
-    qd, cd = np.asarray(q_desc), np.asarray(c_desc)
-    if binary is None:
-        binary = qd.dtype == np.uint8
-    d = pair_distances(qd, cd, pairs, bool(binary))
-    out = _resolve_pairs(pairs, d, float(ratio), bool(binary))
-    return out[np.argsort(out[:, 0], kind="stable")]
+    return tentative_matches_words_desc_many(
+        q_words, [c_words], q_desc, [c_desc], ratio=ratio, max_per_word=max_per_word,
+        max_pairs=max_pairs, binary=binary,
+    )[0]

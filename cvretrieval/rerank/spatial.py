@@ -54,6 +54,7 @@ from .matching import (
     tentative_matches_ratio,
     tentative_matches_words,
     tentative_matches_words_desc,
+    tentative_matches_words_desc_many,
 )
 from .matching import query_words as group_query_words
 
@@ -359,7 +360,17 @@ class SpatialVerifier:
             q["desc"] = desc if q["binary"] else desc.astype(np.float32, copy=False)
         return q
 
+    def _batch(self, q: dict[str, Any], store: Any, cids: list[int]) -> dict[int, Matches]:
+        """``"words+desc"`` matches of all candidates in one vectorised pass."""
+        found = tentative_matches_words_desc_many(
+            q["groups"], [store.get_words(c) for c in cids], q["desc"],
+            [store.get_descriptors(c) for c in cids], ratio=self.ratio,
+            max_per_word=self.desc_max_per_word, max_pairs=self.max_pairs, binary=q["binary"])
+        return dict(zip(cids, found, strict=True))
+
     def _matches(self, q: dict[str, Any], store: Any, cid: int) -> Matches:
+        if "batch" in q:
+            return q["batch"][cid]
         if self.matcher == "words":
             return _match_query(q["groups"], store.get_words(cid), self.max_per_word,
                                 self.max_matches)
@@ -389,6 +400,9 @@ class SpatialVerifier:
         n_head = min(int(self.top_n), ids.shape[0])
         inliers = np.full(ids.shape[0], -1, np.int64)
         n_store = len(store)
+        if self.matcher == "words+desc":
+            q["batch"] = self._batch(q, store, sorted({int(c) for c in ids[:n_head]
+                                                        if 0 <= c < n_store}))
         min_sample = max(MODELS[self.model], int(self.min_inliers))
         examined = ransac = verified = 0
         for j in range(n_head):
