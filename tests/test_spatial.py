@@ -10,6 +10,7 @@ from cvretrieval.copies import attack_crop, attack_rotate
 from cvretrieval.features.local import LocalFeatureExtractor
 from cvretrieval.features.vocabulary import KMeansVocabulary
 from cvretrieval.featurestore import FeatureStore, FeatureStoreWriter
+from cvretrieval.rerank.matching import tentative_matches_words_desc_many
 from cvretrieval.rerank.spatial import (
     SpatialVerifier,
     spatial_rerank,
@@ -18,7 +19,6 @@ from cvretrieval.rerank.spatial import (
     tentative_matches_words_desc,
     verify,
 )
-from cvretrieval.rerank.matching import tentative_matches_words_desc_many
 
 # --------------------------------------------------------------------------- word matches
 

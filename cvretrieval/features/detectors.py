@@ -69,10 +69,17 @@ class LocalFeatureDetector(Protocol):
         Smallest image side the detector works on; smaller images give no key points.
     """
 
-    name: str
-    descriptor_dim: int
-    binary: bool
-    min_image_size: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def descriptor_dim(self) -> int: ...
+
+    @property
+    def binary(self) -> bool: ...
+
+    @property
+    def min_image_size(self) -> int: ...
 
     def detect(self, image: NDArray[np.uint8]) -> LocalFeatures:
         """Key points ``(N, 2)`` float32 ``x, y``, scores ``(N,)``, descriptors ``(N, D)``

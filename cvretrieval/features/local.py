@@ -64,7 +64,7 @@ class LocalFeatures:
     scales: NDArray[np.float32]
     angles: NDArray[np.float32]
     image_shape: tuple[int, int]
-    scores: NDArray[np.float32] = field(default=None)  # type: ignore[assignment]
+    scores: NDArray[np.float32] = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.scores is None:
@@ -103,7 +103,7 @@ def load_features(path: str | os.PathLike[str]) -> LocalFeatures:
     """Read what :func:`save_features` wrote."""
     with np.load(path, allow_pickle=False) as z:
         shape = tuple(int(v) for v in z["image_shape"])
-        scores = z["scores"] if "scores" in z.files else None  # older files have none
+        scores: Any = z["scores"] if "scores" in z.files else None  # older files have none
         return LocalFeatures(
             z["keypoints"], z["descriptors"], z["scales"], z["angles"], (shape[0], shape[1]),
             scores,

@@ -254,7 +254,7 @@ class ONNXDetector:
         return max(m, th // m * m), max(m, tw // m * m)
 
     def _prepare(self, image: NDArray[np.uint8]) -> tuple[NDArray[Any], float, float]:
-        img = np.asarray(image)
+        img: NDArray[Any] = np.asarray(image)
         if img.dtype != np.uint8:
             raise TypeError(f"expected a uint8 image, got dtype {img.dtype}")
         if img.ndim == 2:

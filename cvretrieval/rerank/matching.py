@@ -268,7 +268,7 @@ def pair_distances(
 
 def _best_per(
     key: NDArray[np.int64], d: NDArray[np.float32], by_d: NDArray[np.int64]
-) -> tuple[NDArray[np.int64], ...]:
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[Any]]:
     """For each distinct ``key``: the row of its smallest ``d``, that distance, the second
     smallest (``inf`` when alone); ``by_d`` is ``argsort(d)``, shared between calls."""
     o = by_d[np.argsort(key[by_d], kind="stable")]
