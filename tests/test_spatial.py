@@ -313,3 +313,25 @@ def test_words_desc_needs_descriptors_in_the_store(copy_scene, tmp_path):
     with pytest.raises(ValueError, match="words\\+desc.*needs a feature store with descriptors"):
         SpatialVerifier(matcher="words+desc").rerank(query, np.arange(1), store,
                                                       query_words=qwords)
+
+
+def test_words_desc_on_a_rootsift_store_brings_the_query_to_the_stored_scale(tmp_path):
+    """RootSIFT values are at most 1 and are stored as uint8 times 255: the query must be
+    compared at that scale, or its nearest stored descriptor is just the smallest one."""
+    from conftest import textured_image
+
+    ext = LocalFeatureExtractor("rootsift", 500)
+    src = textured_image(31, (300, 400))
+    copy = attack_crop(src, np.random.default_rng(5), keep=(0.6, 0.7))
+    g_feats = [ext(textured_image(32, (300, 400))), ext(copy)]
+    q = ext(src)
+    vocab = KMeansVocabulary(n_words=8, random_state=0).fit(
+        np.concatenate([f.descriptors for f in g_feats]))
+    with FeatureStoreWriter(tmp_path / "r", words=True) as w:
+        for f in g_feats:
+            w.append(f, words=vocab.assign(f.descriptors))
+    store = FeatureStore.open(tmp_path / "r")
+    assert store.info["descriptors"]["scale"] == 255.0  # the case under test
+    order, inliers = SpatialVerifier(matcher="words+desc").rerank(
+        q, np.arange(2), store, query_words=vocab.assign(q.descriptors))
+    assert order[0] == 1 and inliers[0] >= 25 and inliers[1] < 12
