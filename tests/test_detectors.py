@@ -294,3 +294,21 @@ def test_onnx_detector_feeds_embedders_and_spatial_verification(family, harris, 
     ids, inliers = sv.rerank(q, ranking, store)
     assert ids[0] == target, (ranking, ids, inliers)
     assert inliers[0] >= 8 and (inliers[1:] < 8).all()
+
+
+def test_cli_index_and_search_with_an_onnx_detector(harris, tmp_path):
+    """cvret index/search end to end: the ONNX key points feed BoVW, the bundle's feature
+    store and spatial verification; a rotated and cropped copy finds its source first."""
+    from conftest import cli_run
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(_gallery()):
+        cv2.imwrite(str(photos / f"{i}.png"), img)
+    cv2.imwrite(str(tmp_path / "query.png"), _copy(_gallery()[5]))
+    bundle = tmp_path / "b.cvret"
+    cli_run("index", photos, "-o", bundle, "--features", "bovw", "--detector", f"onnx:{harris}",
+            "--words", 200, "--rerank", "sv", "--n-jobs", 1, "-q")
+    out = cli_run("search", bundle, tmp_path / "query.png", "-k", 3).output
+    first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
+    assert first.strip().endswith("5.png"), out
