@@ -233,11 +233,14 @@ def test_words_desc_matches_equal_the_definition(seed):
     assert len(np.unique(got[:, 0])) == len(got) == len(np.unique(got[:, 1]))
 
 
-def test_words_desc_many_candidates_in_one_pass_equal_the_definition():
+@pytest.mark.parametrize("sorted_words", [False, True])  # a store's words are sorted
+def test_words_desc_many_candidates_in_one_pass_equal_the_definition(sorted_words):
     rng = np.random.default_rng(5)
     qw, qd = rng.integers(0, 5, 30), rng.normal(size=(30, 8)).astype(np.float32)
     cands = [(rng.integers(0, 5, n), rng.normal(size=(n, 8)).astype(np.float32))
              for n in (25, 0, 40, 1)]
+    if sorted_words:
+        cands = [(np.sort(w), d) for w, d in cands]
     many = tentative_matches_words_desc_many(qw, [c[0] for c in cands], qd,
                                              [c[1] for c in cands], ratio=0.9,
                                              max_per_word=None, max_pairs=None)

@@ -293,13 +293,16 @@ def _match_many(
         return _empty_matches(), np.zeros(0, np.int64)
     cw = np.concatenate([np.asarray(w).reshape(-1) for w in c_words]).astype(np.int64)
     owner = np.repeat(np.arange(len(c_words), dtype=np.int64), lens)
-    o = np.lexsort((owner, cw))  # by word, then candidate
+    # runs of one word in one candidate must be contiguous: true when every candidate's
+    # words are sorted (a FeatureStore keeps them so); else sort by candidate, then word
+    step_ok = (cw[1:] >= cw[:-1]) | (owner[1:] != owner[:-1])
+    o = np.arange(cw.shape[0]) if step_ok.all() else np.lexsort((cw, owner))
     cws, own = cw[o], owner[o]
     pos = np.minimum(np.searchsorted(q.uniq, cws), q.uniq.shape[0] - 1)
     ci = np.flatnonzero(q.uniq[pos] == cws)
     if ci.size == 0:
         return _empty_matches(), np.zeros(0, np.int64)
-    g, ow = pos[ci], own[ci]
+    g, ow = pos[ci], own[ci]  # runs of equal (candidate, word) are contiguous
     first = np.empty(g.shape[0], bool)
     first[0] = True
     first[1:] = (g[1:] != g[:-1]) | (ow[1:] != ow[:-1])
@@ -330,7 +333,7 @@ def tentative_matches_words_desc_many(
     c_desc: list[NDArray[Any]],
     *,
     ratio: float = 0.85,
-    max_per_word: int | None = 50,
+    max_per_word: int | None = 20,
     max_pairs: int | None = 20_000,
     binary: bool | None = None,
 ) -> list[Matches]:
@@ -371,7 +374,7 @@ def tentative_matches_words_desc(
     c_desc: NDArray[Any],
     *,
     ratio: float = 0.85,
-    max_per_word: int | None = 50,
+    max_per_word: int | None = 20,
     max_pairs: int | None = 20_000,
     binary: bool | None = None,
 ) -> Matches:
@@ -391,7 +394,7 @@ def tentative_matches_words_desc(
         of its words when ``d1 < ratio * d2`` (``d2``: the second nearest of the same
         words; a point with one candidate passes). The pair must also be the nearest of
         the candidate key point's pairs (mutual).
-    max_per_word : int or None, default 50
+    max_per_word : int or None, default 20
         Words occurring more often than this in either image are skipped (their pairs
         would cost more than they give).
     max_pairs : int or None, default 20000
