@@ -333,7 +333,7 @@ def tentative_matches_words_desc_many(
     c_desc: list[NDArray[Any]],
     *,
     ratio: float = 0.85,
-    max_per_word: int | None = 20,
+    max_per_word: int | None = 50,
     max_pairs: int | None = 20_000,
     binary: bool | None = None,
 ) -> list[Matches]:
@@ -374,7 +374,7 @@ def tentative_matches_words_desc(
     c_desc: NDArray[Any],
     *,
     ratio: float = 0.85,
-    max_per_word: int | None = 20,
+    max_per_word: int | None = 50,
     max_pairs: int | None = 20_000,
     binary: bool | None = None,
 ) -> Matches:
@@ -394,7 +394,7 @@ def tentative_matches_words_desc(
         of its words when ``d1 < ratio * d2`` (``d2``: the second nearest of the same
         words; a point with one candidate passes). The pair must also be the nearest of
         the candidate key point's pairs (mutual).
-    max_per_word : int or None, default 20
+    max_per_word : int or None, default 50
         Words occurring more often than this in either image are skipped (their pairs
         would cost more than they give).
     max_pairs : int or None, default 20000

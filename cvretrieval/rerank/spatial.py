@@ -247,7 +247,7 @@ class SpatialVerifier:
         refinement) must find ``min_inliers`` inliers; most wrong candidates stop there.
         2-point samples need few iterations: with 20% inliers, 100 draws miss an
         all-inlier sample with probability ``0.96**100 < 2%``. ``None``: no prefilter.
-    desc_max_per_word : int or None, default 20
+    desc_max_per_word : int or None, default 50
         ``"words+desc"``: words more frequent than this in either image are skipped.
     max_pairs : int or None, default 20000
         ``"words+desc"``: cap on word pairs whose descriptor distance is computed.
@@ -283,7 +283,7 @@ class SpatialVerifier:
         ratio: float = 0.8,
         early_exit: int | None = None,
         prefilter_iters: int | None = 100,
-        desc_max_per_word: int | None = 20,
+        desc_max_per_word: int | None = 50,
         max_pairs: int | None = 20_000,
         max_keypoints: int | None = None,
     ) -> None:
