@@ -10,7 +10,7 @@ from cvretrieval.copies import attack_crop, attack_rotate
 from cvretrieval.features.local import LocalFeatureExtractor
 from cvretrieval.features.vocabulary import KMeansVocabulary
 from cvretrieval.featurestore import FeatureStore, FeatureStoreWriter
-from cvretrieval.rerank.matching import tentative_matches_words_desc_many
+from cvretrieval.rerank.matching import pair_distances, tentative_matches_words_desc_many
 from cvretrieval.rerank.spatial import (
     SpatialVerifier,
     spatial_rerank,
@@ -338,3 +338,15 @@ def test_words_desc_on_a_rootsift_store_brings_the_query_to_the_stored_scale(tmp
     order, inliers = SpatialVerifier(matcher="words+desc").rerank(
         q, np.arange(2), store, query_words=vocab.assign(q.descriptors))
     assert order[0] == 1 and inliers[0] >= 25 and inliers[1] < 12
+
+
+def test_pair_distances_of_quantised_float_and_binary_descriptors():
+    rng = np.random.default_rng(7)
+    q, c = rng.integers(0, 256, (20, 128), dtype=np.uint8), rng.integers(0, 256, (30, 128),
+                                                                         dtype=np.uint8)
+    pairs = np.stack([rng.integers(0, 20, 50), rng.integers(0, 30, 50)], 1)
+    expected = ((q[pairs[:, 0]].astype(float) - c[pairs[:, 1]]) ** 2).sum(1)  # no overflow
+    np.testing.assert_array_equal(pair_distances(q, c, pairs, False), expected)
+    np.testing.assert_allclose(pair_distances(q.astype(np.float32), c, pairs, False), expected)
+    bits = np.unpackbits(q[pairs[:, 0]], axis=1) != np.unpackbits(c[pairs[:, 1]], axis=1)
+    np.testing.assert_array_equal(pair_distances(q, c, pairs, True), bits.sum(1))

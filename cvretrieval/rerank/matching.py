@@ -257,11 +257,16 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 def pair_distances(
     q_desc: NDArray[Any], c_desc: NDArray[Any], pairs: Matches, binary: bool
 ) -> NDArray[np.float32]:
-    """Distance of each pair ``(i, j)``: squared L2 of float descriptors, or Hamming of
-    packed-bit ones (a popcount table over the XOR), ``(M,)`` float32."""
+    """Distance of each pair ``(i, j)``: squared L2 of float (or uint8-quantised)
+    descriptors, or Hamming of packed-bit ones (a popcount table over the XOR), ``(M,)``
+    float32."""
     a, b = q_desc[pairs[:, 0]], c_desc[pairs[:, 1]]
     if binary:
         return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=1, dtype=np.int32).astype(np.float32)
+    if a.dtype == np.uint8 and b.dtype == np.uint8:  # quantised values: int16, half the memory
+        diff = a.astype(np.int16)
+        diff -= b
+        return np.einsum("ij,ij->i", diff, diff, dtype=np.int32).astype(np.float32)
     diff = a.astype(np.float32, copy=False) - b.astype(np.float32, copy=False)
     return np.einsum("ij,ij->i", diff, diff).astype(np.float32, copy=False)
 

@@ -360,11 +360,12 @@ class SpatialVerifier:
 
     def _batch(self, q: dict[str, Any], store: Any, cids: list[int]) -> dict[int, Matches]:
         """``"words+desc"`` matches of all candidates in one vectorised pass, on the stored
-        (raw) descriptors: the query is brought to their scale instead (4x less memory)."""
+        (raw) descriptors: the query is quantised as the store did (4x less memory)."""
         raw = [store.get_descriptors(c, raw=True) for c in cids]
         qd = q["desc"]
         if not q["binary"] and raw and raw[0].dtype == np.uint8:
-            qd = qd * np.float32(store.info["descriptors"].get("scale") or 1.0)
+            scale = np.float32(store.info["descriptors"].get("scale") or 1.0)
+            qd = np.clip(np.rint(qd * scale), 0, 255).astype(np.uint8)
         found = tentative_matches_words_desc_many(
             q["groups"], [store.get_words(c) for c in cids], qd, raw, ratio=self.ratio,
             max_per_word=self.desc_max_per_word, max_pairs=self.max_pairs, binary=q["binary"])
@@ -484,12 +485,6 @@ def spatial_rerank(
         Inliers of each entry of ``new_order``; ``0`` when it had fewer tentative
         matches than ``min_inliers`` (RANSAC skipped), ``-1`` when not examined
         (beyond ``top_n``, after an early exit, or an invalid id).
-
-    Examples
-    --------
-    Given a store written with words and a query with words ``qw``::
-
-        order, inliers = spatial_rerank(query, I[0], store, query_words=qw, top_n=100)
     """
     sv = SpatialVerifier(
         top_n=top_n, min_inliers=min_inliers, matcher=matcher, early_exit=early_exit, **params
