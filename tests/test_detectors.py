@@ -181,9 +181,15 @@ def test_onnx_wrong_output_name_is_a_clear_error(harris):
         make_detector(f"onnx:{harris}", options={"keypoints": "kp"})
 
 
-def test_onnx_cache_key_is_a_safe_file_name(harris):
+def test_onnx_cache_key_is_a_safe_file_name_and_follows_the_model(harris, tmp_path):
     key = detector_key(f"onnx:{harris}")
     assert key.startswith("onnx-harris-") and "/" not in key and ":" not in key
+    model = tmp_path / "harris.onnx"
+    model.write_bytes(harris.read_bytes())
+    before = detector_key(f"onnx:{model}")
+    assert before != key  # another file
+    model.write_bytes(harris.read_bytes() + b"\0")  # rewritten in place
+    assert detector_key(f"onnx:{model}") != before
 
 
 # --------------------------------------------------------------------------- plug-ins

@@ -203,7 +203,8 @@ def normalize_detector(spec: str) -> str:
 
 def detector_key(spec: str) -> str:
     """A file-name-safe key of a detector spec (for feature caches): the name of a built-in
-    or plug-in; for ``onnx:PATH`` the model's stem and a hash of its absolute path.
+    or plug-in; for ``onnx:PATH`` the model's stem and a hash of its absolute path, size
+    and modification time.
 
     Examples
     --------
@@ -213,7 +214,8 @@ def detector_key(spec: str) -> str:
     s = normalize_detector(spec)
     if s.startswith(ONNX_PREFIX):
         path = os.path.abspath(s[len(ONNX_PREFIX):])
-        digest = hashlib.sha1(path.encode()).hexdigest()[:10]
+        st = os.stat(path)  # a model rewritten in place gets a new key
+        digest = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(path))[0])
         return f"onnx-{stem}-{digest}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
