@@ -264,11 +264,11 @@ def pair_distances(
     if binary:
         return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=1, dtype=np.int32).astype(np.float32)
     if a.dtype == np.uint8 and b.dtype == np.uint8:  # quantised values: int16, half the memory
-        diff = a.astype(np.int16)
-        diff -= b
-        return np.einsum("ij,ij->i", diff, diff, dtype=np.int32).astype(np.float32)
-    diff = a.astype(np.float32, copy=False) - b.astype(np.float32, copy=False)
-    return np.einsum("ij,ij->i", diff, diff).astype(np.float32, copy=False)
+        di = a.astype(np.int16)
+        di -= b
+        return np.einsum("ij,ij->i", di, di, dtype=np.int32).astype(np.float32)
+    df = a.astype(np.float32, copy=False) - b.astype(np.float32, copy=False)
+    return np.einsum("ij,ij->i", df, df).astype(np.float32, copy=False)
 
 
 def _best_per(
