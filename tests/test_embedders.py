@@ -214,3 +214,17 @@ def test_entry_point_plugins(plugin_dist, tmp_path):
     image = np.full((4, 4, 3), 10, np.uint8)
     assert type(again).__name__ == "Echo" and again.size == 3
     np.testing.assert_array_equal(again.embed([image]), [[10.0, 10.0, 10.0]])
+
+
+def test_capabilities_are_declared_on_the_class():
+    """Issue 12.1: callers read declared flags, never hasattr probes."""
+    from cvretrieval.embedders.base import Embedder
+    from cvretrieval.embedders.vlad import VLADEmbedder
+
+    for flag in ("sparse_output", "local_features", "grayscale_input"):
+        assert getattr(Embedder, flag) is False  # the safe default of every new embedder
+    assert VLADEmbedder.local_features is True and VLADEmbedder.sparse_output is False
+    # an ONNX or plug-in detector may want colour: VLAD does not promise grayscale
+    assert VLADEmbedder.grayscale_input is False
+    feats = VLADEmbedder(n_words=4).extract(np.zeros((32, 32, 3), np.uint8))
+    assert len(feats) == 0 and feats.keypoints.shape == (0, 2)  # LocalFeatures, as declared

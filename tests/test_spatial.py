@@ -10,11 +10,13 @@ from cvretrieval.copies import attack_crop, attack_rotate
 from cvretrieval.features.local import LocalFeatureExtractor
 from cvretrieval.features.vocabulary import KMeansVocabulary
 from cvretrieval.featurestore import FeatureStore, FeatureStoreWriter
+from cvretrieval.rerank.matching import pair_distances, tentative_matches_words_desc_many
 from cvretrieval.rerank.spatial import (
     SpatialVerifier,
     spatial_rerank,
     tentative_matches_ratio,
     tentative_matches_words,
+    tentative_matches_words_desc,
     verify,
 )
 
@@ -155,7 +157,7 @@ def copy_scene(tmp_path_factory):
     return q_feats, vocab.assign(q_feats.descriptors), FeatureStore.open(directory)
 
 
-@pytest.mark.parametrize("matcher", ["words", "ratio"])
+@pytest.mark.parametrize("matcher", ["words", "ratio", "words+desc"])
 def test_copies_are_verified_and_move_first(copy_scene, matcher):
     query, qwords, store = copy_scene
     sv = SpatialVerifier(matcher=matcher, min_inliers=12)
@@ -199,3 +201,152 @@ def test_rerank_checks_its_inputs(copy_scene, tmp_path):
         spatial_rerank(query, np.arange(1), bare, query_words=qwords)
     with pytest.raises(ValueError, match="descriptors"):
         spatial_rerank(query, np.arange(1), bare, matcher="ratio")
+
+
+# --------------------------------------------------------------------------- words + descriptors
+
+
+def brute_force_words_desc(qw, cw, qd, cd, ratio):
+    """The definition: pairs sharing a word; each query point's nearest pair passes the
+    ratio test against its second nearest pair; the pair is also its candidate's nearest."""
+    pairs = [(i, j) for i in range(len(qw)) for j in range(len(cw)) if qw[i] == cw[j]]
+    d = {(i, j): float(((qd[i] - cd[j]) ** 2).sum()) for i, j in pairs}
+    out = set()
+    for i, j in pairs:
+        mine = sorted(d[p] for p in pairs if p[0] == i)
+        theirs = min(d[p] for p in pairs if p[1] == j)
+        second = mine[1] if len(mine) > 1 else np.inf
+        if d[(i, j)] == mine[0] and d[(i, j)] < ratio**2 * second and d[(i, j)] == theirs:
+            out.add((i, j))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_words_desc_matches_equal_the_definition(seed):
+    rng = np.random.default_rng(seed)
+    qw, cw = rng.integers(0, 6, 40), rng.integers(0, 6, 50)
+    qd = rng.normal(size=(40, 8)).astype(np.float32)
+    cd = rng.normal(size=(50, 8)).astype(np.float32)  # continuous: no distance ties
+    got = tentative_matches_words_desc(qw, cw, qd, cd, ratio=0.9, max_per_word=None,
+                                       max_pairs=None)
+    assert set(map(tuple, got.tolist())) == brute_force_words_desc(qw, cw, qd, cd, 0.9)
+    assert len(np.unique(got[:, 0])) == len(got) == len(np.unique(got[:, 1]))
+
+
+@pytest.mark.parametrize("sorted_words", [False, True])  # a store's words are sorted
+def test_words_desc_many_candidates_in_one_pass_equal_the_definition(sorted_words):
+    rng = np.random.default_rng(5)
+    qw, qd = rng.integers(0, 5, 30), rng.normal(size=(30, 8)).astype(np.float32)
+    cands = [(rng.integers(0, 5, n), rng.normal(size=(n, 8)).astype(np.float32))
+             for n in (25, 0, 40, 1)]
+    if sorted_words:
+        cands = [(np.sort(w), d) for w, d in cands]
+    many = tentative_matches_words_desc_many(qw, [c[0] for c in cands], qd,
+                                             [c[1] for c in cands], ratio=0.9,
+                                             max_per_word=None, max_pairs=None)
+    assert len(many) == 4 and len(many[1]) == 0
+    for (cw, cd), got in zip(cands, many, strict=True):
+        assert set(map(tuple, got.tolist())) == brute_force_words_desc(qw, cw, qd, cd, 0.9)
+
+
+def test_words_desc_hamming_and_multiple_assignment():
+    rng = np.random.default_rng(0)
+    cd = rng.integers(0, 256, (30, 32), dtype=np.uint8)
+    qd = cd[::-1].copy()  # query point i is candidate point 29 - i
+    cw = rng.integers(0, 3, 30)
+    qw = cw[::-1].copy()
+    got = tentative_matches_words_desc(qw, cw, qd, cd)
+    assert sorted(map(tuple, got.tolist())) == [(i, 29 - i) for i in range(30)]
+    # a wrong first word is recovered by the second one; -1 pads unused slots
+    wrong = np.stack([(qw + 1) % 3, qw], 1)
+    wrong[::2, 1] = -1
+    got = tentative_matches_words_desc(wrong, cw, qd, cd)
+    assert sorted(map(tuple, got.tolist())) == [(i, 29 - i) for i in range(1, 30, 2)]
+
+
+@pytest.fixture(scope="module")
+def coarse_scene(tmp_path_factory):
+    """A copy and unrelated images quantised on a 6-word vocabulary: every word is a burst."""
+    from conftest import textured_image
+
+    ext = LocalFeatureExtractor("sift", 500)
+    src = textured_image(21, (300, 400))
+    copy = attack_rotate(attack_crop(src, np.random.default_rng(3), keep=(0.6, 0.7)),
+                         np.random.default_rng(4), max_angle=20)
+    gallery = [textured_image(22, (300, 400)), copy, textured_image(23, (300, 400))]
+    g_feats = [ext(im) for im in gallery]
+    q = ext(src)
+    vocab = KMeansVocabulary(n_words=6, random_state=0).fit(
+        np.concatenate([f.descriptors for f in g_feats]))
+    directory = tmp_path_factory.mktemp("coarse")
+    with FeatureStoreWriter(directory, words=True) as w:
+        for f in g_feats:
+            w.append(f, words=vocab.assign(f.descriptors))
+    return q, vocab.assign(q.descriptors), FeatureStore.open(directory)
+
+
+def test_coarse_vocabulary_loses_word_matches_but_not_descriptor_ones(coarse_scene):
+    """Issue 15.2: with a coarse vocabulary every shared word is a burst, so word matching
+    finds nothing to verify; resolving the word pairs by descriptors verifies the copy."""
+    query, qwords, store = coarse_scene
+    words = SpatialVerifier(matcher="words").rerank(query, np.arange(3), store,
+                                                     query_words=qwords)
+    assert (words[1] < 12).all()  # nothing verified
+    order, inliers = SpatialVerifier(matcher="words+desc").rerank(
+        query, np.arange(3), store, query_words=qwords)
+    assert order[0] == 1 and inliers[0] >= 12 and (inliers[1:] < 12).all()
+
+
+def test_max_keypoints_bounds_the_query(copy_scene):
+    query, qwords, store = copy_scene
+    full = SpatialVerifier(matcher="words+desc").rerank(query, np.arange(6), store,
+                                                        query_words=qwords)
+    n = len(query) // 3
+    order, inliers = SpatialVerifier(matcher="words+desc", max_keypoints=n).rerank(
+        query, np.arange(6), store, query_words=qwords)
+    assert set(order[:2].tolist()) == {1, 4}  # still verified, on a third of the points
+    assert inliers[0] <= n < full[1][0]
+
+
+def test_words_desc_needs_descriptors_in_the_store(copy_scene, tmp_path):
+    query, qwords, _ = copy_scene
+    with FeatureStoreWriter(tmp_path / "w", words=True, descriptors="none") as w:
+        w.append(query, words=qwords)
+    store = FeatureStore.open(tmp_path / "w")
+    with pytest.raises(ValueError, match="words\\+desc.*needs a feature store with descriptors"):
+        SpatialVerifier(matcher="words+desc").rerank(query, np.arange(1), store,
+                                                      query_words=qwords)
+
+
+def test_words_desc_on_a_rootsift_store_brings_the_query_to_the_stored_scale(tmp_path):
+    """RootSIFT values are at most 1 and are stored as uint8 times 255: the query must be
+    compared at that scale, or its nearest stored descriptor is just the smallest one."""
+    from conftest import textured_image
+
+    ext = LocalFeatureExtractor("rootsift", 500)
+    src = textured_image(31, (300, 400))
+    copy = attack_crop(src, np.random.default_rng(5), keep=(0.6, 0.7))
+    g_feats = [ext(textured_image(32, (300, 400))), ext(copy)]
+    q = ext(src)
+    vocab = KMeansVocabulary(n_words=8, random_state=0).fit(
+        np.concatenate([f.descriptors for f in g_feats]))
+    with FeatureStoreWriter(tmp_path / "r", words=True) as w:
+        for f in g_feats:
+            w.append(f, words=vocab.assign(f.descriptors))
+    store = FeatureStore.open(tmp_path / "r")
+    assert store.info["descriptors"]["scale"] == 255.0  # the case under test
+    order, inliers = SpatialVerifier(matcher="words+desc").rerank(
+        q, np.arange(2), store, query_words=vocab.assign(q.descriptors))
+    assert order[0] == 1 and inliers[0] >= 25 and inliers[1] < 12
+
+
+def test_pair_distances_of_quantised_float_and_binary_descriptors():
+    rng = np.random.default_rng(7)
+    q, c = rng.integers(0, 256, (20, 128), dtype=np.uint8), rng.integers(0, 256, (30, 128),
+                                                                         dtype=np.uint8)
+    pairs = np.stack([rng.integers(0, 20, 50), rng.integers(0, 30, 50)], 1)
+    expected = ((q[pairs[:, 0]].astype(float) - c[pairs[:, 1]]) ** 2).sum(1)  # no overflow
+    np.testing.assert_array_equal(pair_distances(q, c, pairs, False), expected)
+    np.testing.assert_allclose(pair_distances(q.astype(np.float32), c, pairs, False), expected)
+    bits = np.unpackbits(q[pairs[:, 0]], axis=1) != np.unpackbits(c[pairs[:, 1]], axis=1)
+    np.testing.assert_array_equal(pair_distances(q, c, pairs, True), bits.sum(1))

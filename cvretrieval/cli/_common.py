@@ -21,6 +21,23 @@ FEATURE_HELP = ("Embedder: hog, bovw[-DET], vlad[-DET], onnx:MODEL, tflite:MODEL
 
 
 # --- shared options ---------------------------------------------------------------------
+class DetectorType(click.ParamType):
+    """``--detector``: sift, rootsift, orb, akaze, brisk, onnx:PATH or a plug-in's name."""
+
+    name = "detector"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from ..features.detectors import normalize_detector
+
+        try:
+            return normalize_detector(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DETECTOR = DetectorType()
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
@@ -91,8 +108,9 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--features", "features", default="bovw", show_default=True,
                      help=FEATURE_HELP),
-        click.option("--detector", type=click.Choice(["sift", "rootsift", "orb", "akaze", "brisk"]),
-                     default=None, help="Local detector for bovw/vlad (default sift / rootsift)."),
+        click.option("--detector", type=DETECTOR, default=None,
+                     help="Local detector for bovw/vlad: sift, rootsift, orb, akaze, brisk, "
+                          "onnx:MODEL or a plug-in (default sift / rootsift)."),
         click.option("--words", "n_words", type=click.IntRange(2), default=None,
                      help="Vocabulary size for bovw/vlad (default 1000 / 64)."),
         click.option("--n-features", type=click.IntRange(1), default=None,

@@ -9,6 +9,7 @@ import click
 
 from . import main
 from ._common import (
+    DETECTOR,
     Output,
     _make_retriever,
     _parse_bbox,
@@ -26,8 +27,8 @@ def vocab() -> None:
 
 @vocab.command("build")
 @click.argument("images", type=click.Path(path_type=Path, exists=True))
-@click.option("--detector", type=click.Choice(["sift", "rootsift", "orb", "akaze", "brisk"]),
-              default="sift", show_default=True)
+@click.option("--detector", type=DETECTOR, default="sift", show_default=True,
+              help="sift, rootsift, orb, akaze, brisk, onnx:MODEL or a plug-in's name.")
 @click.option("--words", "n_words", type=click.IntRange(2), default=1000, show_default=True)
 @click.option("--n-features", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--max-descriptors", type=click.IntRange(1), default=100_000, show_default=True)

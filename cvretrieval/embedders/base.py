@@ -51,6 +51,17 @@ class Embedder(ParamsMixin):
     #: registry name, e.g. ``"hog"`` or ``"bovw"``
     name: ClassVar[str] = ""
 
+    # --- declared capabilities (read these; never probe with hasattr) --------------------
+    #: ``encode_sparse(reduced)`` exists and returns a scipy.sparse CSR matrix that a sparse
+    #: inverted file can index (BoVW)
+    sparse_output: ClassVar[bool] = False
+    #: ``extract`` returns :class:`~cvretrieval.features.local.LocalFeatures` (key points,
+    #: descriptors) that spatial verification can use directly
+    local_features: ClassVar[bool] = False
+    #: ``extract`` only looks at a grayscale version of the image, so callers may decode
+    #: images as grayscale (``(H, W)`` uint8) and save memory
+    grayscale_input: ClassVar[bool] = False
+
     # --- parameters -------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
         """``{"name": ..., "params": {...}}``: enough to rebuild an unfitted copy."""

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import BundleError
-from ..features.local import DETECTORS, LocalFeatures, check_detector
+from ..features.local import DETECTORS, LocalFeatures
 from ..features.vlad import vlad
 from .classical import LocalFeatureEmbedder
 
@@ -42,12 +42,14 @@ class VLADEmbedder(LocalFeatureEmbedder):
 
     Parameters
     ----------
-    detector : {'rootsift', 'sift'}, default 'rootsift'
-        A detector with float descriptors; binary ones (ORB, AKAZE, BRISK) are refused.
+    detector : str, default 'rootsift'
+        A detector with float descriptors: ``rootsift``, ``sift``, ``onnx:PATH`` or a
+        plug-in (:mod:`cvretrieval.features.detectors`); binary ones (ORB, AKAZE, BRISK)
+        are refused.
     n_features : int, default 1000
         Key points per image.
     n_words : int, default 64
-        Vocabulary size ``k``; the vector has ``k * 128`` dimensions.
+        Vocabulary size ``k``; the vector has ``k * D`` dimensions (``D = 128`` for SIFT).
     max_descriptors : int, default 100000
         Size of the random descriptor sample the vocabulary is fitted on.
     intra_norm : bool, default True
@@ -73,6 +75,7 @@ class VLADEmbedder(LocalFeatureEmbedder):
     """
 
     name = "vlad"
+    local_features = True
 
     def __init__(
         self,
@@ -93,8 +96,8 @@ class VLADEmbedder(LocalFeatureEmbedder):
         self.power = power
         self.random_state = random_state
         self.vocabulary = None if vocabulary is None else str(vocabulary)
-        key = check_detector(detector)
-        if DETECTORS[key][1]:
+        self._init_local()
+        if self._extractor.binary:
             raise ValueError(
                 f"VLAD sums residuals of float descriptors, but detector {detector!r} gives binary "
                 f"ones: use detector='rootsift' or 'sift' (or the bovw embedder for {detector})"
@@ -103,11 +106,10 @@ class VLADEmbedder(LocalFeatureEmbedder):
             raise ValueError(
                 f"power must be positive (0.5 = signed square root) or None, got {power}"
             )
-        self._init_local()
 
     @property
     def dim(self) -> int:
-        return int(self.n_words) * DETECTORS[check_detector(self.detector)][0]
+        return int(self.n_words) * int(self._extractor.dim)
 
     def reduce(self, features: LocalFeatures) -> NDArray[np.float32]:
         """The image's VLAD vector, ``(dim,)`` float32 (zeros when it has no key points)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,11 +52,14 @@ class LocalFeatures:
     descriptors : (N, D) ndarray
         float32 for SIFT/RootSIFT, uint8 (packed bits) for ORB/AKAZE/BRISK.
     scales : (N,) float32 ndarray
-        Key point diameters (OpenCV ``size``).
+        Key point diameters (OpenCV ``size``; 0 when the detector gives none).
     angles : (N,) float32 ndarray
         Key point orientations in degrees (-1 when undefined).
     image_shape : tuple of int
         ``(height, width)`` of the image the key points refer to.
+    scores : (N,) float32 ndarray
+        Detector confidence of each key point (OpenCV ``response``, a network's score);
+        ones when not given.
     """
 
     keypoints: NDArray[np.float32]
@@ -64,6 +67,11 @@ class LocalFeatures:
     scales: NDArray[np.float32]
     angles: NDArray[np.float32]
     image_shape: tuple[int, int]
+    scores: NDArray[np.float32] = field(default=None)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if self.scores is None:
+            object.__setattr__(self, "scores", np.ones(len(self.keypoints), np.float32))
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
@@ -74,7 +82,7 @@ class LocalFeatures:
         dtype = np.uint8 if binary else np.float32
         z = np.zeros(0, np.float32)
         return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), z, z.copy(),
-                   image_shape)
+                   image_shape, z.copy())
 
 
 def save_features(path: str | os.PathLike[str], features: LocalFeatures) -> None:
@@ -88,6 +96,7 @@ def save_features(path: str | os.PathLike[str], features: LocalFeatures) -> None
         descriptors=features.descriptors,
         scales=features.scales,
         angles=features.angles,
+        scores=features.scores,
         image_shape=np.asarray(features.image_shape, np.int64),
     )
     os.replace(tmp, path)
@@ -97,34 +106,22 @@ def load_features(path: str | os.PathLike[str]) -> LocalFeatures:
     """Read what :func:`save_features` wrote."""
     with np.load(path, allow_pickle=False) as z:
         shape = tuple(int(v) for v in z["image_shape"])
+        scores: Any = z["scores"] if "scores" in z.files else None  # older files have none
         return LocalFeatures(
-            z["keypoints"], z["descriptors"], z["scales"], z["angles"], (shape[0], shape[1])
+            z["keypoints"], z["descriptors"], z["scales"], z["angles"], (shape[0], shape[1]),
+            scores,
         )
-
-
-def _create(name: str, n_features: int) -> cv2.Feature2D:
-    """Build an OpenCV detector; AKAZE/BRISK moved to ``cv2.xfeatures2d`` in OpenCV 5."""
-    if name in ("sift", "rootsift"):
-        return cv2.SIFT.create(nfeatures=n_features)
-    if name == "orb":
-        return cv2.ORB.create(nfeatures=n_features)
-    factory_name = {"akaze": "AKAZE_create", "brisk": "BRISK_create"}[name]
-    factory = getattr(cv2, factory_name, None)
-    if factory is None:
-        factory = getattr(getattr(cv2, "xfeatures2d", None), factory_name, None)
-    if factory is None:  # pragma: no cover - depends on the OpenCV build
-        raise RuntimeError(
-            f"this OpenCV build has no {name.upper()}; install opencv-contrib-python-headless"
-        )
-    return factory()
 
 
 def check_detector(name: str) -> str:
-    """Return the normalised detector name or raise a ``ValueError`` listing the valid ones."""
-    key = str(name).lower()
-    if key not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
-    return key
+    """Return the normalised detector spec or raise a ``ValueError`` listing the valid ones.
+
+    Accepts the built-in names, ``onnx:PATH`` and the names of installed plug-ins (see
+    :mod:`cvretrieval.features.detectors`).
+    """
+    from .detectors import normalize_detector
+
+    return normalize_detector(name)
 
 
 def rootsift(descriptors: NDArray[np.float32], eps: float = 1e-7) -> NDArray[np.float32]:
@@ -152,14 +149,18 @@ def rootsift(descriptors: NDArray[np.float32], eps: float = 1e-7) -> NDArray[np.
 
 
 class LocalFeatureExtractor:
-    """A detector + descriptor with fixed parameters; callable on an image.
+    """A detector with fixed parameters, callable on an image; see
+    :func:`~cvretrieval.features.detectors.make_detector` for the detectors.
 
     Parameters
     ----------
-    detector : {'sift', 'rootsift', 'orb', 'akaze', 'brisk'}
+    detector : str, default 'sift'
+        ``sift``, ``rootsift``, ``orb``, ``akaze``, ``brisk``, ``onnx:PATH`` or a plug-in
+        of the entry-point group ``cvretrieval.detectors``.
     n_features : int, default 1000
-        Maximum number of key points kept (the strongest by response). AKAZE and
-        BRISK have no such limit in OpenCV; they are cut to the strongest ``n_features``.
+        Maximum number of key points kept (the strongest).
+    options : dict, optional
+        Detector options (ONNX input/output settings, a plug-in's keyword arguments).
 
     Examples
     --------
@@ -170,64 +171,58 @@ class LocalFeatureExtractor:
     (0, 32)
     """
 
-    def __init__(self, detector: str = "sift", n_features: int = 1000) -> None:
+    def __init__(
+        self, detector: str = "sift", n_features: int = 1000, options: dict[str, Any] | None = None
+    ) -> None:
         self.detector = check_detector(detector)
         if int(n_features) < 1:
             raise ValueError(f"n_features must be a positive integer, got {n_features}")
         self.n_features = int(n_features)
-        self._cv: cv2.Feature2D | None = None
+        self.options = dict(options) if options else None
+        self._impl: Any = None
+
+    @property
+    def impl(self) -> Any:
+        """The :class:`~cvretrieval.features.detectors.LocalFeatureDetector`, built on first use."""
+        if self._impl is None:
+            from .detectors import make_detector
+
+            self._impl = make_detector(self.detector, self.n_features, self.options)
+        return self._impl
 
     @property
     def dim(self) -> int:
-        return DETECTORS[self.detector][0]
+        if self.detector in DETECTORS:
+            return DETECTORS[self.detector][0]
+        return int(self.impl.descriptor_dim)
 
     @property
     def binary(self) -> bool:
-        return DETECTORS[self.detector][1]
+        if self.detector in DETECTORS:
+            return DETECTORS[self.detector][1]
+        return bool(self.impl.binary)
 
-    def __getstate__(self) -> dict[str, Any]:  # OpenCV objects do not pickle; rebuild lazily
-        return {"detector": self.detector, "n_features": self.n_features, "_cv": None}
+    def __getstate__(self) -> dict[str, Any]:  # sessions and OpenCV objects are rebuilt lazily
+        return {**self.__dict__, "_impl": None}
 
     def __call__(self, image: NDArray[np.uint8]) -> LocalFeatures:
         return self.extract(image)
 
     def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
-        """Detect and describe key points.
+        """Detect and describe key points of an ``(H, W)`` or ``(H, W, 3)`` uint8 image.
 
-        Parameters
-        ----------
-        image : (H, W) or (H, W, 3) uint8 ndarray
-            Grayscale or RGB.
+        An image smaller than the detector can handle (:data:`MIN_SIDE`) is a one-line
+        ValueError saying so, not an OpenCV assertion.
         """
-        gray = to_gray(image)
-        shape = (int(gray.shape[0]), int(gray.shape[1]))
-        if min(shape) < MIN_SIDE[self.detector]:
+        h, w = int(image.shape[0]), int(image.shape[1])
+        need = MIN_SIDE.get(str(self.detector), 1)
+        if min(h, w) < need:
             raise ValueError(
-                f"the image is {shape[1]}x{shape[0]} pixels, too small for {self.detector.upper()}"
-                f", which needs at least {MIN_SIDE[self.detector]} pixels on each side (after "
-                "any box crop and downscaling); give a larger image or box"
+                f"the image is {w}x{h} pixels, too small for {str(self.detector).upper()}, which "
+                f"needs at least {need} pixels on each side (after any box crop and "
+                "downscaling); give a larger image or box"
             )
-        if self._cv is None:
-            self._cv = _create(self.detector, self.n_features)
-        kps, desc = self._cv.detectAndCompute(gray, None)
-        if desc is None or len(kps) == 0:
-            logger.debug("no key points found by %s in an image of shape %s", self.detector, shape)
-            return LocalFeatures.empty(self.dim, self.binary, shape)
-        if len(kps) > self.n_features:  # AKAZE/BRISK ignore n_features; keep the strongest
-            order = np.argsort([-k.response for k in kps], kind="stable")[: self.n_features]
-            kps = [kps[i] for i in order]
-            desc = desc[order]
-        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-        scales = np.array([k.size for k in kps], np.float32)
-        angles = np.array([k.angle for k in kps], np.float32)
-        descriptors: NDArray[Any]
-        if self.binary:
-            descriptors = np.ascontiguousarray(desc, np.uint8)
-        else:
-            descriptors = np.ascontiguousarray(desc, np.float32)
-            if self.detector == "rootsift":
-                descriptors = rootsift(descriptors)
-        return LocalFeatures(pts, descriptors, scales, angles, shape)
+        return self.impl.detect(image)
 
 
 def extract_local_features(

@@ -7,15 +7,17 @@ RANSAC / MAGSAC [2]_, and re-orders the candidates by their number of inliers. A
 copy or view of the same object keeps tens to hundreds of inliers; an unrelated image a
 handful.
 
-Two ways to get tentative matches:
+Three ways to get tentative matches (:mod:`cvretrieval.rerank.matching`):
 
-* ``"words"`` (default, fast): key points sharing a visual word match, as in [1]_. With
-  the candidates' words in a :class:`~cvretrieval.featurestore.FeatureStore` (sorted per
-  image) this is a sorted-array intersection in NumPy, no descriptor is touched. Words
-  occurring more than ``max_per_word`` times in either image are bursts [3]_ (repeated
-  structures: windows, text, foliage) and give no match.
-* ``"ratio"``: brute-force nearest neighbours of the descriptors with Lowe's ratio test
-  [4]_ (Faiss exact k-NN, L2 or Hamming). More matches, much slower.
+* ``"words"`` (default, fast): key points sharing a visual word [1]_, a sorted-array
+  intersection; words occurring more than ``max_per_word`` times in either image are
+  bursts [3]_ and give no match.
+* ``"words+desc"``: the pairs sharing a word resolved by the stored descriptors (mutual
+  nearest within the word, ratio test), all candidates in one vectorised pass: a coarse
+  vocabulary (1k words) no longer loses the matches of bursty words, which on strongly
+  degraded copies are most of them. Needs words and descriptors in the store.
+* ``"ratio"``: brute-force descriptor nearest neighbours with Lowe's ratio test [4]_
+  (Faiss exact k-NN, L2 or Hamming). Needs no vocabulary; much slower.
 
 Speed, per candidate: fewer tentative matches than ``min_inliers`` skip RANSAC (they
 cannot be verified); a cheap similarity RANSAC (2-point samples, 100 iterations) must
@@ -37,13 +39,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
-import faiss
 import numpy as np
 from numpy.typing import NDArray
+
+from .matching import (
+    Matches,
+    _check_limit,
+    _match_query,
+    tentative_matches_ratio,
+    tentative_matches_words,
+    tentative_matches_words_desc,
+    tentative_matches_words_desc_many,
+)
+from .matching import query_words as group_query_words
 
 __all__ = [
     "MODELS",
@@ -51,6 +62,7 @@ __all__ = [
     "spatial_rerank",
     "tentative_matches_ratio",
     "tentative_matches_words",
+    "tentative_matches_words_desc",
     "verify",
 ]
 
@@ -58,202 +70,7 @@ logger = logging.getLogger(__name__)
 
 #: geometric model -> minimal sample size
 MODELS: dict[str, int] = {"homography": 4, "affine": 3, "similarity": 2}
-MATCHERS = ("words", "ratio")
-
-Matches = NDArray[np.int64]
-
-
-def _empty_matches() -> Matches:
-    return np.zeros((0, 2), np.int64)
-
-
-# --------------------------------------------------------------------------- word matches
-
-
-@dataclass(frozen=True)
-class _QueryWords:
-    """The query's words grouped once: word ``uniq[j]`` is held by query key points
-    ``order[starts[j]:starts[j] + counts[j]]``."""
-
-    uniq: NDArray[np.int64]
-    starts: NDArray[np.int64]
-    counts: NDArray[np.int64]
-    order: NDArray[np.int64]
-
-
-def _sorted_words(words: NDArray[np.integer]) -> tuple[NDArray[np.int64], NDArray[np.int64] | None]:
-    """``(sorted words, order)``; ``order`` is None when the input was already sorted."""
-    w = np.asarray(words).reshape(-1).astype(np.int64, copy=False)
-    if w.size > 1 and np.any(w[1:] < w[:-1]):
-        order = np.argsort(w, kind="stable")
-        return w[order], order
-    return w, None
-
-
-def _query_words(words: NDArray[np.integer]) -> _QueryWords:
-    w, order = _sorted_words(words)
-    n = w.shape[0]
-    if order is None:
-        order = np.arange(n, dtype=np.int64)
-    if n == 0:
-        z = np.zeros(0, np.int64)
-        return _QueryWords(z, z, z, order)
-    first = np.empty(n, bool)
-    first[0] = True
-    np.not_equal(w[1:], w[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, n))
-    return _QueryWords(w[starts], starts, counts, order)
-
-
-def _match_query(
-    q: _QueryWords,
-    c_words: NDArray[np.integer],
-    max_per_word: int | None,
-    max_matches: int | None,
-) -> Matches:
-    """Matches of the grouped query words with one candidate's words (vectorised)."""
-    cw, c_order = _sorted_words(c_words)
-    nu = q.uniq.shape[0]
-    if nu == 0 or cw.shape[0] == 0:
-        return _empty_matches()
-    pos = np.searchsorted(q.uniq, cw)
-    np.minimum(pos, nu - 1, out=pos)
-    ci = np.flatnonzero(q.uniq[pos] == cw)  # candidate rows (sorted order) with a shared word
-    if ci.size == 0:
-        return _empty_matches()
-    g = pos[ci]  # query word group of each; non-decreasing because cw is sorted
-    first = np.empty(g.shape[0], bool)
-    first[0] = True
-    np.not_equal(g[1:], g[:-1], out=first[1:])
-    run = np.cumsum(first) - 1
-    b = np.bincount(run)[run]  # occurrences of the word in the candidate
-    a = q.counts[g]  # occurrences in the query
-    if max_per_word is not None:
-        keep = (a <= max_per_word) & (b <= max_per_word)
-        ci, g, a, b = ci[keep], g[keep], a[keep], b[keep]
-    if max_matches is not None and a.sum() > max_matches:
-        # keep the least ambiguous words first (fewest a x b pairs)
-        by = np.argsort(a * b, kind="stable")
-        sel = np.sort(by[np.cumsum(a[by]) <= max_matches])
-        ci, g, a = ci[sel], g[sel], a[sel]
-    total = int(a.sum())
-    if total == 0:
-        return _empty_matches()
-    # each candidate key point pairs with the a query key points of its word
-    rep = np.repeat(np.arange(a.shape[0]), a)
-    local = np.arange(total) - np.repeat(np.cumsum(a) - a, a)
-    out = np.empty((total, 2), np.int64)
-    out[:, 0] = q.order[q.starts[g][rep] + local]
-    out[:, 1] = ci[rep] if c_order is None else c_order[ci[rep]]
-    return out
-
-
-def tentative_matches_words(
-    q_words: NDArray[np.integer],
-    c_words: NDArray[np.integer],
-    *,
-    max_per_word: int | None = 5,
-    max_matches: int | None = None,
-) -> Matches:
-    """Tentative correspondences between two images: key points with the same visual word.
-
-    Parameters
-    ----------
-    q_words : (n_q,) int ndarray
-        Visual word of each query key point.
-    c_words : (n_c,) int ndarray
-        Visual word of each candidate key point (sorted input is used as is, faster).
-    max_per_word : int or None, default 5
-        Burstiness limit [3]_: a word occurring more than this many times in either
-        image gives no match. Every other shared word gives all its ``a x b`` pairs.
-        ``None``: no limit.
-    max_matches : int or None, default None
-        Keep at most this many matches, taking whole words with the fewest pairs first.
-
-    Returns
-    -------
-    matches : (M, 2) int64 ndarray
-        Rows ``(i, j)``: query key point ``i`` and candidate key point ``j`` share a word.
-        Grouped by word in increasing word order.
-
-    Examples
-    --------
-    >>> q, c = np.array([3, 1, 3, 7]), np.array([7, 3, 9])
-    >>> sorted(map(tuple, tentative_matches_words(q, c).tolist()))
-    [(0, 1), (2, 1), (3, 0)]
-    >>> tentative_matches_words(q, c, max_per_word=1).tolist()   # word 3 is a burst
-    [[3, 0]]
-    """
-    _check_limit(max_per_word, "max_per_word")
-    _check_limit(max_matches, "max_matches")
-    return _match_query(_query_words(q_words), c_words, max_per_word, max_matches)
-
-
-def _check_limit(value: int | None, name: str) -> None:
-    if value is not None and int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value}")
-
-
-# --------------------------------------------------------------------------- ratio matches
-
-
-def tentative_matches_ratio(
-    q_desc: NDArray[Any],
-    c_desc: NDArray[Any],
-    *,
-    ratio: float = 0.8,
-    binary: bool | None = None,
-) -> Matches:
-    """Tentative correspondences by exhaustive nearest neighbours and Lowe's ratio test [4]_.
-
-    Parameters
-    ----------
-    q_desc : (n_q, D) ndarray
-        Query descriptors: float (L2 distance) or uint8 packed bits (Hamming).
-    c_desc : (n_c, D) ndarray
-        Candidate descriptors of the same kind.
-    ratio : float, default 0.8
-        A query descriptor matches its nearest candidate descriptor when
-        ``d1 < ratio * d2`` (``d1``, ``d2``: distances to the nearest and second nearest).
-    binary : bool or None, default None
-        Hamming distances on packed bits; ``None``: when ``q_desc`` is uint8 (see Notes).
-
-    Returns
-    -------
-    matches : (M, 2) int64 ndarray
-        ``(i, j)``: query descriptor ``i`` and its nearest candidate descriptor ``j``.
-        Empty when the candidate has fewer than 2 descriptors (no ratio test possible).
-
-    Notes
-    -----
-    With ``binary=None`` a uint8 array is taken as packed bits (ORB, AKAZE, BRISK);
-    pass ``binary=False`` for SIFT stored as uint8 values.
-    """
-    if not 0.0 < float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    q = np.asarray(q_desc)
-    c = np.asarray(c_desc)
-    if q.ndim != 2 or c.ndim != 2 or (q.size and c.size and q.shape[1] != c.shape[1]):
-        raise ValueError(f"descriptors must be 2-D with equal widths, got {q.shape} and {c.shape}")
-    if len(q) == 0 or len(c) < 2:
-        return _empty_matches()
-    if binary is None:
-        binary = q.dtype == np.uint8
-    if binary:
-        dh, nn = faiss.knn_hamming(
-            np.ascontiguousarray(q, np.uint8), np.ascontiguousarray(c, np.uint8), 2
-        )
-        dist = dh.astype(np.float64)
-        good = dist[:, 0] < ratio * dist[:, 1]
-    else:
-        d2, nn = faiss.knn(
-            np.ascontiguousarray(q, np.float32), np.ascontiguousarray(c, np.float32), 2
-        )
-        good = d2[:, 0] < (ratio * ratio) * d2[:, 1]  # squared L2 distances
-    qi = np.flatnonzero(good)
-    return np.stack([qi, nn[qi, 0]], axis=1).astype(np.int64)
-
+MATCHERS = ("words", "ratio", "words+desc")
 
 # --------------------------------------------------------------------------- verification
 
@@ -394,6 +211,11 @@ def _verify(
 # --------------------------------------------------------------------------- re-ranking
 
 
+_PARAMS = ("top_n", "min_inliers", "matcher", "model", "method", "threshold", "max_iters",
+           "confidence", "max_per_word", "max_matches", "ratio", "early_exit", "prefilter_iters",
+           "desc_max_per_word", "max_pairs", "max_keypoints")
+
+
 class SpatialVerifier:
     """Spatial re-ranking of a short list against a :class:`~cvretrieval.featurestore.FeatureStore`.
 
@@ -404,9 +226,10 @@ class SpatialVerifier:
     min_inliers : int, default 12
         A candidate is *verified* with at least this many inliers; verified candidates
         move to the front, by decreasing inliers.
-    matcher : {"words", "ratio"}, default "words"
+    matcher : {"words", "words+desc", "ratio"}, default "words"
         Tentative matches by shared visual word (needs words in the store and for the
-        query) or by descriptor ratio test (needs descriptors).
+        query), by shared word resolved by descriptors (needs both), or by descriptor
+        ratio test (needs descriptors); see :mod:`cvretrieval.rerank.matching`.
     model, method, threshold, max_iters, confidence
         See :func:`verify`.
     max_per_word : int or None, default 5
@@ -414,7 +237,7 @@ class SpatialVerifier:
     max_matches : int or None, default 1000
         Cap on tentative matches per candidate (word matching).
     ratio : float, default 0.8
-        Ratio test of the ``"ratio"`` matcher.
+        Ratio test of the ``"ratio"`` and ``"words+desc"`` matchers.
     early_exit : int or None, default None
         Stop verifying once this many candidates are verified (e.g. the ``k`` results
         to show): faster, but a later candidate with more inliers is then missed.
@@ -424,6 +247,12 @@ class SpatialVerifier:
         refinement) must find ``min_inliers`` inliers; most wrong candidates stop there.
         2-point samples need few iterations: with 20% inliers, 100 draws miss an
         all-inlier sample with probability ``0.96**100 < 2%``. ``None``: no prefilter.
+    desc_max_per_word : int or None, default 50
+        ``"words+desc"``: words more frequent than this in either image are skipped.
+    max_pairs : int or None, default 20000
+        ``"words+desc"``: cap on word pairs whose descriptor distance is computed.
+    max_keypoints : int or None, default None
+        Use only the query's strongest key points (by score), bounding the query's cost.
 
     Attributes
     ----------
@@ -454,6 +283,9 @@ class SpatialVerifier:
         ratio: float = 0.8,
         early_exit: int | None = None,
         prefilter_iters: int | None = 100,
+        desc_max_per_word: int | None = 50,
+        max_pairs: int | None = 20_000,
+        max_keypoints: int | None = None,
     ) -> None:
         self.top_n = top_n
         self.min_inliers = min_inliers
@@ -468,28 +300,14 @@ class SpatialVerifier:
         self.ratio = ratio
         self.early_exit = early_exit
         self.prefilter_iters = prefilter_iters
+        self.desc_max_per_word = desc_max_per_word
+        self.max_pairs = max_pairs
+        self.max_keypoints = max_keypoints
         self.stats_: dict[str, Any] = {}
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (JSON-serialisable), e.g. for a bundle manifest."""
-        return {
-            k: getattr(self, k)
-            for k in (
-                "top_n",
-                "min_inliers",
-                "matcher",
-                "model",
-                "method",
-                "threshold",
-                "max_iters",
-                "confidence",
-                "max_per_word",
-                "max_matches",
-                "ratio",
-                "early_exit",
-                "prefilter_iters",
-            )
-        }
+        return {k: getattr(self, k) for k in _PARAMS}
 
     def _check(self) -> None:
         if self.matcher not in MATCHERS:
@@ -500,10 +318,72 @@ class SpatialVerifier:
         for name in ("top_n", "min_inliers", "max_iters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        _check_limit(self.max_per_word, "max_per_word")
-        _check_limit(self.max_matches, "max_matches")
-        _check_limit(self.early_exit, "early_exit")
-        _check_limit(self.prefilter_iters, "prefilter_iters")
+        for name in ("max_per_word", "max_matches", "early_exit", "prefilter_iters",
+                     "desc_max_per_word", "max_pairs", "max_keypoints"):
+            _check_limit(getattr(self, name), name)
+
+    def _query(self, query_features: Any, query_words: Any, store: Any) -> dict[str, Any]:
+        """The query's key points, word groups and descriptors, checked against the store."""
+        q_kp = np.asarray(query_features.keypoints, np.float32).reshape(-1, 2)
+        keep = None
+        if self.max_keypoints is not None and q_kp.shape[0] > self.max_keypoints:
+            scores = np.asarray(getattr(query_features, "scores", np.ones(len(q_kp))))
+            keep = np.sort(np.argsort(-scores, kind="stable")[: int(self.max_keypoints)])
+            q_kp = q_kp[keep]
+        q: dict[str, Any] = {"kp": q_kp, "groups": None, "desc": None}
+        if self.matcher in ("words", "words+desc"):
+            if not store.has_words:
+                raise ValueError(
+                    f"matcher={self.matcher!r} needs a feature store written with words=True; "
+                    "use matcher='ratio' or rebuild the store with words"
+                )
+            if query_words is None:
+                raise ValueError(f"matcher={self.matcher!r} needs query_words (the query's "
+                                 "visual words)")
+            qw = np.asarray(query_words)
+            qw = qw.reshape(qw.shape[0], -1) if qw.ndim else qw.reshape(-1, 1)
+            if qw.shape[0] != len(query_features.keypoints):
+                raise ValueError(f"{qw.shape[0]} query words for {len(query_features.keypoints)} "
+                                 "query key points")
+            q["groups"] = group_query_words(qw if keep is None else qw[keep])
+        if self.matcher in ("ratio", "words+desc"):
+            if not store.has_descriptors:
+                raise ValueError(
+                    f"matcher={self.matcher!r} needs a feature store with descriptors; "
+                    "use matcher='words' or rebuild the store with descriptors"
+                )
+            desc = np.asarray(query_features.descriptors)
+            desc = desc if keep is None else desc[keep]
+            q["binary"] = bool(store.binary)
+            q["desc"] = desc if q["binary"] else desc.astype(np.float32, copy=False)
+        return q
+
+    def _batch(self, q: dict[str, Any], store: Any, cids: list[int]) -> dict[int, Matches]:
+        """``"words+desc"`` matches of all candidates in one vectorised pass, on the stored
+        (raw) descriptors: the query is quantised as the store did (4x less memory)."""
+        raw = [store.get_descriptors(c, raw=True) for c in cids]
+        qd = q["desc"]
+        if not q["binary"] and raw and raw[0].dtype == np.uint8:
+            scale = np.float32(store.info["descriptors"].get("scale") or 1.0)
+            qd = np.clip(np.rint(qd * scale), 0, 255).astype(np.uint8)
+        found = tentative_matches_words_desc_many(
+            q["groups"], [store.get_words(c) for c in cids], qd, raw, ratio=self.ratio,
+            max_per_word=self.desc_max_per_word, max_pairs=self.max_pairs, binary=q["binary"])
+        return dict(zip(cids, found, strict=True))
+
+    def _matches(self, q: dict[str, Any], store: Any, cid: int) -> Matches:
+        if "batch" in q:
+            return q["batch"][cid]
+        if self.matcher == "words":
+            return _match_query(q["groups"], store.get_words(cid), self.max_per_word,
+                                self.max_matches)
+        if self.matcher == "words+desc":
+            return tentative_matches_words_desc(
+                q["groups"], store.get_words(cid), q["desc"], store.get_descriptors(cid),
+                ratio=self.ratio, max_per_word=self.desc_max_per_word,
+                max_pairs=self.max_pairs, binary=q["binary"])
+        return tentative_matches_ratio(q["desc"], store.get_descriptors(cid), ratio=self.ratio,
+                                       binary=q["binary"])
 
     def rerank(
         self,
@@ -513,37 +393,19 @@ class SpatialVerifier:
         *,
         query_words: NDArray[np.integer] | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Re-order ``candidate_ids``; see :func:`spatial_rerank`."""
+        """Re-order ``candidate_ids``; see :func:`spatial_rerank`. ``query_words`` may be
+        ``(n_q, m)``: ``m`` words per query key point (multiple assignment)."""
         self._check()
         t0 = time.perf_counter()
         ids = np.asarray(candidate_ids, np.int64).reshape(-1)
-        q_kp = np.asarray(query_features.keypoints, np.float32).reshape(-1, 2)
-        if self.matcher == "words":
-            if not store.has_words:
-                raise ValueError(
-                    "matcher='words' needs a feature store written with words=True; "
-                    "use matcher='ratio' or rebuild the store with words"
-                )
-            if query_words is None:
-                raise ValueError("matcher='words' needs query_words (the query's visual words)")
-            qw = np.asarray(query_words).reshape(-1)
-            if qw.shape[0] != q_kp.shape[0]:
-                raise ValueError(f"{qw.shape[0]} query words for {q_kp.shape[0]} query key points")
-            q_groups = _query_words(qw)
-            q_desc = None
-        else:
-            if not store.has_descriptors:
-                raise ValueError(
-                    "matcher='ratio' needs a feature store with descriptors; "
-                    "use matcher='words' or rebuild the store with descriptors"
-                )
-            q_desc = np.asarray(query_features.descriptors)
-            binary = bool(store.binary)
-            if not binary:
-                q_desc = q_desc.astype(np.float32, copy=False)
+        q = self._query(query_features, query_words, store)
+        q_kp = q["kp"]
         n_head = min(int(self.top_n), ids.shape[0])
         inliers = np.full(ids.shape[0], -1, np.int64)
         n_store = len(store)
+        if self.matcher == "words+desc":
+            q["batch"] = self._batch(q, store, sorted({int(c) for c in ids[:n_head]
+                                                        if 0 <= c < n_store}))
         min_sample = max(MODELS[self.model], int(self.min_inliers))
         examined = ransac = verified = 0
         for j in range(n_head):
@@ -552,45 +414,19 @@ class SpatialVerifier:
                 continue
             examined += 1
             c_kp = store.get_keypoints(cid)
-            if self.matcher == "words":
-                matches = _match_query(
-                    q_groups, store.get_words(cid), self.max_per_word, self.max_matches
-                )
-            else:
-                assert q_desc is not None
-                matches = tentative_matches_ratio(
-                    q_desc, store.get_descriptors(cid), ratio=self.ratio, binary=binary
-                )
+            matches = self._matches(q, store, cid)
             if matches.shape[0] < min_sample:
                 inliers[j] = 0
                 continue
             if self.prefilter_iters and self.model != "similarity":
-                pre = _verify(
-                    q_kp,
-                    c_kp,
-                    matches,
-                    "similarity",
-                    cv2.RANSAC,
-                    2.0 * self.threshold,
-                    self.prefilter_iters,
-                    self.confidence,
-                    0,
-                )[0]
+                pre = _verify(q_kp, c_kp, matches, "similarity", cv2.RANSAC, 2.0 * self.threshold,
+                              self.prefilter_iters, self.confidence, 0)[0]
                 if pre < self.min_inliers:
                     inliers[j] = pre
                     continue
             ransac += 1
-            inliers[j] = _verify(
-                q_kp,
-                c_kp,
-                matches,
-                self.model,
-                self.method,
-                self.threshold,
-                self.max_iters,
-                self.confidence,
-                10,
-            )[0]
+            inliers[j] = _verify(q_kp, c_kp, matches, self.model, self.method, self.threshold,
+                                 self.max_iters, self.confidence, 10)[0]
             if inliers[j] >= self.min_inliers:
                 verified += 1
                 if self.early_exit is not None and verified >= self.early_exit:
@@ -600,12 +436,8 @@ class SpatialVerifier:
         good = good[np.argsort(-inliers[good], kind="stable")]
         rest = head[inliers[:n_head] < self.min_inliers]
         order = np.concatenate([good, rest, np.arange(n_head, ids.shape[0])]).astype(np.int64)
-        self.stats_ = {
-            "examined": examined,
-            "ransac": ransac,
-            "verified": verified,
-            "seconds": time.perf_counter() - t0,
-        }
+        self.stats_ = {"examined": examined, "ransac": ransac, "verified": verified,
+                       "seconds": time.perf_counter() - t0}
         logger.debug("spatial re-ranking: %s", self.stats_)
         return ids[order], inliers[order]
 
@@ -640,7 +472,8 @@ def spatial_rerank(
         See :class:`SpatialVerifier`.
     **params
         Other :class:`SpatialVerifier` parameters (``model``, ``method``, ``threshold``,
-        ``max_iters``, ``confidence``, ``max_per_word``, ``max_matches``, ``ratio``).
+        ``max_iters``, ``confidence``, ``max_per_word``, ``max_matches``, ``ratio``,
+        ``desc_max_per_word``, ``max_pairs``, ``max_keypoints``).
 
     Returns
     -------
@@ -652,12 +485,6 @@ def spatial_rerank(
         Inliers of each entry of ``new_order``; ``0`` when it had fewer tentative
         matches than ``min_inliers`` (RANSAC skipped), ``-1`` when not examined
         (beyond ``top_n``, after an early exit, or an invalid id).
-
-    Examples
-    --------
-    Given a store written with words and a query with words ``qw``::
-
-        order, inliers = spatial_rerank(query, I[0], store, query_words=qw, top_n=100)
     """
     sv = SpatialVerifier(
         top_n=top_n, min_inliers=min_inliers, matcher=matcher, early_exit=early_exit, **params
