@@ -80,7 +80,7 @@ class LocalFeatureEmbedder(Embedder):
     #: capabilities read by the pipeline (see :class:`~cvretrieval.embedders.base.Embedder`)
     sparse_output: ClassVar[bool] = False
     local_features: ClassVar[bool] = True
-    grayscale_input: ClassVar[bool] = True
+    grayscale_input: ClassVar[bool] = False  # a plug-in detector may want colour
 
     def _init_local(self) -> None:
         # no I/O here (issue 12): an external vocabulary is read by fit()
