@@ -35,7 +35,13 @@ from tqdm import tqdm
 from .errors import ImageReadError
 from .io import list_images, read_image
 
-__all__ = ["DEFAULT_FEATURES", "DuplicateResult", "find_duplicates", "group_pairs"]
+__all__ = [
+    "DEFAULT_FEATURES",
+    "DuplicateResult",
+    "find_duplicates",
+    "group_pairs",
+    "write_dedup_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +216,9 @@ def _detector_of(features: Any) -> str:
     return str(det) if det in ("sift", "rootsift", "orb", "akaze", "brisk") else "sift"
 
 
-def _as_paths(paths_or_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+def _as_paths(
+    paths_or_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[Path]:
     if isinstance(paths_or_dir, (str, os.PathLike)):
         root = Path(paths_or_dir)
         if not root.exists():
@@ -286,7 +294,9 @@ def find_duplicates(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if int(min_inliers) < 4:
-        raise ValueError(f"min_inliers must be at least 4 (a homography's sample), got {min_inliers}")
+        raise ValueError(
+            f"min_inliers must be at least 4 (a homography's sample), got {min_inliers}"
+        )
     t0 = time.perf_counter()
     paths = _as_paths(paths_or_dir)
     if not paths:
@@ -375,3 +385,105 @@ def find_duplicates(
     logger.info("dedup: %d candidate pairs, %d kept, %d groups", n_candidates, len(pair_list),
                 len(groups))
     return DuplicateResult(groups=groups, pairs=pair_list, failed=failed, config=config)
+
+
+def write_dedup_report(
+    result: DuplicateResult,
+    out_dir: str | os.PathLike[str],
+    *,
+    thumb_size: int = 160,
+    max_groups: int = 500,
+) -> Path:
+    """An HTML page of the groups with thumbnails: ``out_dir/index.html``.
+
+    Thumbnails are JPEG files in ``out_dir/thumbs/`` (one per shown image, so the page
+    stays small); each links to its full image. An unreadable image gets a grey tile.
+
+    Parameters
+    ----------
+    result : DuplicateResult
+    out_dir : str or os.PathLike
+        Created if needed.
+    thumb_size : int, default 160
+        Long side of a thumbnail, in pixels.
+    max_groups : int, default 500
+        Groups shown (largest first); the page says how many more the JSON holds.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``out_dir / "index.html"``.
+
+    Raises
+    ------
+    MissingExtraError
+        Jinja2 is not installed (``pip install 'cvretrieval[report]'``).
+    """
+    import cv2
+
+    from . import __version__
+    from .errors import MissingExtraError
+
+    try:
+        import jinja2
+    except ImportError as exc:
+        raise MissingExtraError(
+            "dedup reports need jinja2; install it with: pip install 'cvretrieval[report]'"
+        ) from exc
+    if int(thumb_size) < 16:
+        raise ValueError(f"thumb_size must be at least 16 pixels, got {thumb_size}")
+    out = Path(out_dir)
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    numbered: dict[str, str] = {}
+
+    def thumb(path: str) -> str:
+        if path not in numbered:
+            name = f"{len(numbered):06d}.jpg"
+            try:
+                img = read_image(path, max_side=int(thumb_size))
+            except (ImageReadError, ValueError, OSError):
+                img = np.full((int(thumb_size), int(thumb_size), 3), 230, np.uint8)
+            cv2.imwrite(str(thumbs / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+            numbered[path] = f"thumbs/{name}"
+        return numbered[path]
+
+    shown = result.groups[: int(max_groups)]
+    groups = [
+        {"images": [{"name": Path(p).name, "href": Path(p).resolve().as_uri(),
+                    "thumb": thumb(p), "score": f"{s:.3f}"}
+                   for p, s in zip(g["paths"], g["scores"], strict=True)]}
+        for g in shown
+    ]
+    cfg = result.config
+    n_dup = sum(len(g["paths"]) for g in result.groups)
+    cards = [
+        {"value": cfg.get("images", "?"), "label": "images"},
+        {"value": len(result.groups), "label": "groups"},
+        {"value": n_dup, "label": "images in groups"},
+        {"value": len(result.pairs), "label": "pairs"},
+        {"value": len(result.failed), "label": "unreadable (skipped)"},
+    ]
+    settings = [(k, v) for k, v in cfg.items() if k not in ("embedder",)]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    html = env.get_template("dedup.html.j2").render(
+        version=__version__,
+        title="Near-duplicate groups",
+        subtitle=(f"features {cfg.get('features')}, threshold {cfg.get('threshold')}, "
+                  f"verification {'on' if cfg.get('verify') else 'off'}"),
+        cards=cards,
+        groups=groups,
+        hidden=max(0, len(result.groups) - len(shown)),
+        failed=result.failed,
+        size=int(thumb_size),
+        settings=settings,
+    )
+    page = out / "index.html"
+    page.write_text(html, encoding="utf-8")
+    logger.info("wrote the dedup report %s (%d groups shown)", page, len(shown))
+    return page

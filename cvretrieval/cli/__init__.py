@@ -21,7 +21,7 @@ def main() -> None:
 
 
 
-from . import datasets, evaluate, index, misc, train  # noqa: E402,F401  (registers commands)
+from . import datasets, dedup, evaluate, index, misc, train  # noqa: E402,F401  (registers commands)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
