@@ -234,7 +234,7 @@ def find_duplicates(
     threshold: float | None = None,
     k: int = 10,
     verify: bool | None = None,
-    min_inliers: int = 15,
+    min_inliers: int = 12,
     index: str = "flat",
     max_side: int | None = 640,
     n_jobs: int = -1,
@@ -259,7 +259,7 @@ def find_duplicates(
     verify : bool, optional
         Confirm candidates by spatial verification; default on for local-feature
         embedders (bovw, vlad, asmk), off otherwise.
-    min_inliers : int, default 15
+    min_inliers : int, default 12
         Inliers of the fitted homography that confirm a pair.
     index, max_side, n_jobs, random_state
         As for :class:`~cvretrieval.retriever.Retriever`.

@@ -20,7 +20,7 @@ from ._common import FEATURE_HELP, Output, common_options
               help="Neighbours searched per image.")
 @click.option("--verify/--no-verify", default=None,
               help="Confirm candidates by spatial verification (default: on for bovw/vlad).")
-@click.option("--min-inliers", type=click.IntRange(4), default=15, show_default=True,
+@click.option("--min-inliers", type=click.IntRange(4), default=12, show_default=True,
               help="Homography inliers that confirm a pair.")
 @click.option("--index", "index_spec", default="flat", show_default=True,
               help="flat, ivf, hnsw or any Faiss factory string.")
