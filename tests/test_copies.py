@@ -382,3 +382,17 @@ def test_make_copies_on_caltech(tmp_path, caltech_dir):
     for rel in gt["imlist"] + gt["qimlist"]:
         img = read_image(tmp_path / "cal" / rel, max_side=None)
         assert img.dtype == np.uint8 and img.shape[2] == 3 and max(img.shape[:2]) <= 256
+
+
+def test_cli_make_copies_harsh(tmp_path):
+    from conftest import cli_run
+
+    write_photos(tmp_path / "photos", 4)
+    out = tmp_path / "set"
+    cli_run("datasets", "make-copies", tmp_path / "photos", out, "--queries", 2,
+            "--copies", 2, "--strength", "harsh", "-q")
+    assert json.loads((out / "copies.json").read_text())["params"]["strength"] == "harsh"
+    for path in (out / "gallery").glob("q*_c*.jpg"):
+        assert 32 <= luminance_dc_step(path) <= 67
+    bad = cli_run("datasets", "make-copies", tmp_path / "photos", out, "--strength", "x", ok=False)
+    assert bad.exit_code == 2 and "strength" in bad.output
