@@ -193,7 +193,9 @@ class _PairVerifier:
                                           binary=self.extractor.binary)
         if matches.shape[0] < self.min_inliers:
             return 0
-        return int(verify(fa.keypoints, fb.keypoints, matches, threshold=5.0))
+        n = verify(fa.keypoints, fb.keypoints, matches, threshold=5.0)
+        assert isinstance(n, int)  # return_model=False: the count only
+        return n
 
 
 def _family(features: Any) -> str:
