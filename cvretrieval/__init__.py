@@ -40,6 +40,7 @@ _EXPORTS = {
     "load_vectors_npz": "evaluation",
     "write_report": "report",
     "make_copies": "copies",
+    "find_duplicates": "dedup",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -2,7 +2,9 @@
 
 The photos are the sample photographs that scikit-image and scikit-learn ship inside
 their packages (no download). Attacked copies of some of them are the gallery, the
-originals the queries, the other photos and crops of them distractors.
+originals the queries, the other photos and crops of them distractors
+(:func:`demo_photos`, :func:`build_demo_dataset`; the attacks and the set builder are in
+:mod:`cvretrieval.copies`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,191 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .copies import build_demo_dataset
+from .copies import FORMAT_VERSION, WRITE_QUALITY, make_copies
 from .datasets import RetrievalDataset, load_dataset
+from .errors import DatasetError, ImageReadError
 from .evaluation import evaluate
 from .io import read_image
 from .retriever import Retriever
 
 logger = logging.getLogger(__name__)
 
+Image = NDArray[np.uint8]
+
 DEMO_CONFIGS = ("hog", "bovw-orb", "bovw-sift")
+
+
+# --------------------------------------------------------------------------- demo photos
+
+#: Real photographs shipped inside scikit-image's wheel: name -> file in skimage/data.
+#: Synthetic drawings (colorwheel, logo, horse silhouette, phantom, chessboard)
+#: and the near-duplicate right view of the stereo motorcycle are left out.
+SKIMAGE_PHOTOS: dict[str, str] = {
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "cell": "cell.png",
+    "chelsea": "chelsea.png",
+    "clock": "clock_motion.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "moon": "moon.png",
+    "motorcycle": "motorcycle_left.png",
+    "page": "page.png",
+    "retina": "retina.jpg",
+    "rocket": "rocket.jpg",
+    "text": "text.png",
+}
+
+#: Photographs shipped inside scikit-learn (``sklearn/datasets/images``).
+SKLEARN_PHOTOS: dict[str, str] = {"china": "china.jpg", "flower": "flower.jpg"}
+
+
+def _skimage_data_dir() -> Path | None:
+    try:
+        import skimage.data
+    except ImportError:  # pragma: no cover - scikit-image is a core dependency
+        return None
+    return Path(skimage.data.__file__).parent
+
+
+def _sklearn_images_dir() -> Path | None:
+    try:
+        import sklearn.datasets
+    except ImportError:  # pragma: no cover - scikit-learn is a core dependency
+        return None
+    return Path(sklearn.datasets.__file__).parent / "images"
+
+
+def demo_photos() -> list[tuple[str, Image]]:
+    """Real photographs that ship inside installed packages, read without any network.
+
+    The files are read directly from the installed scikit-image
+    (``skimage/data``, see :data:`SKIMAGE_PHOTOS`) and scikit-learn
+    (``sklearn/datasets/images``: china, flower) packages; pooch is never
+    called, and a file that is absent or unreadable is skipped with a warning.
+
+    Returns
+    -------
+    photos : list of (name, (H, W, 3) ndarray of uint8)
+        RGB at full resolution (grey photos replicated to three channels),
+        sorted by name.
+    """
+    candidates: list[tuple[str, Path]] = []
+    for folder, table in (
+        (_skimage_data_dir(), SKIMAGE_PHOTOS),
+        (_sklearn_images_dir(), SKLEARN_PHOTOS),
+    ):
+        if folder is None:
+            continue
+        candidates.extend((name, folder / filename) for name, filename in table.items())
+    photos: list[tuple[str, Image]] = []
+    for name, path in sorted(candidates):
+        if not path.is_file():
+            logger.warning("demo photo %s is not installed (%s absent); skipping it", name, path)
+            continue
+        try:
+            photos.append((name, read_image(path, max_side=None)))
+        except ImageReadError as err:
+            logger.warning("skipping demo photo %s: %s", name, err)
+    return photos
+
+
+def build_demo_dataset(
+    out_dir: str | os.PathLike[str], *, n_queries: int = 8, seed: int = 0
+) -> Path:
+    """Build (or reuse) the offline demo copy-detection benchmark.
+
+    Queries are ``n_queries`` of :func:`demo_photos`; the gallery holds 4
+    attacked copies of each query, every other demo photo as a distractor and
+    3 random crops of each distractor photo (never of a query photo). Made by
+    :func:`make_copies` with ``max_side=640``.
+
+    If ``out_dir`` already holds a benchmark made with the same parameters and
+    photos (checked against ``copies.json``) whose files all exist, it is
+    reused without rewriting anything.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Output folder.
+    n_queries : int, optional
+        Number of query photos.
+    seed : int, optional
+        Random seed for the choice of queries and the attacks.
+
+    Returns
+    -------
+    gt_path : pathlib.Path
+        ``out_dir / "gt.json"``.
+
+    Raises
+    ------
+    DatasetError
+        Fewer than ``n_queries + 1`` demo photos are installed.
+    """
+    out_dir = Path(out_dir)
+    photos = demo_photos()
+    copies_per_query, distractor_crops, max_side = 4, 3, 640
+    attacks = ["crop", "rotate", "perspective", "photometric", "jpeg"]
+    n_distractors = len(photos) - n_queries
+    params = {
+        "n_queries": n_queries,
+        "copies_per_query": copies_per_query,
+        "n_distractors": n_distractors,
+        "distractor_crops": distractor_crops,
+        "attacks": attacks,
+        "max_side": max_side,
+        "seed": seed,
+        "write_quality": WRITE_QUALITY,
+        "strength": "default",
+    }
+    if len(photos) < n_queries + 1:
+        raise DatasetError(
+            f"the demo needs at least {n_queries + 1} photos ({n_queries} queries + 1 distractor) "
+            f"but only {len(photos)} are installed; lower n_queries"
+        )
+    gt_path = out_dir / "gt.json"
+    if _demo_cache_valid(out_dir, params, photos):
+        logger.info("reusing the demo benchmark in %s", out_dir)
+        return gt_path
+    return make_copies(
+        photos,
+        out_dir,
+        n_queries=n_queries,
+        copies_per_query=copies_per_query,
+        n_distractors=n_distractors,
+        attacks=attacks,
+        max_side=max_side,
+        seed=seed,
+        distractor_crops=distractor_crops,
+    )
+
+
+def _demo_cache_valid(out_dir: Path, params: dict, photos: list[tuple[str, Image]]) -> bool:
+    try:
+        manifest = json.loads((out_dir / "copies.json").read_text(encoding="utf-8"))
+        gt = json.loads((out_dir / "gt.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("params") != params:
+        return False
+    if manifest.get("counts", {}).get("photos") != len(photos):
+        return False
+    sources = set(manifest.get("query_sources", {}).values()) | set(
+        manifest.get("distractor_sources", {}).values()
+    )
+    if sources != {name for name, _ in photos}:
+        return False
+    try:
+        listed = list(gt["imlist"]) + list(gt["qimlist"])
+    except (KeyError, TypeError):
+        return False
+    return all((out_dir / rel).is_file() for rel in listed)
 
 
 def default_cache_dir() -> Path:

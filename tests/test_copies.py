@@ -1,10 +1,9 @@
-"""Tests of cvretrieval.copies: attacks, the copy benchmark writer and the offline demo set."""
+"""Tests of cvretrieval.copies and cvretrieval.attacks: attacks, presets, the set builder."""
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 from pathlib import Path
 
 import cv2
@@ -12,23 +11,23 @@ import numpy as np
 import pytest
 from conftest import textured_image
 
-from cvretrieval import copies
 from cvretrieval.copies import (
     ATTACKS,
     apply_attack,
     attack_crop,
+    attack_downscale,
     attack_jpeg,
     attack_perspective,
     attack_photometric,
     attack_rotate,
-    build_demo_dataset,
-    demo_photos,
     make_copies,
 )
+from cvretrieval import attacks as copies_attacks
 from cvretrieval.errors import DatasetError
 from cvretrieval.io import list_images, read_image
 
-ATTACK_NAMES = ["crop", "rotate", "perspective", "photometric", "jpeg"]
+DEFAULT_ATTACKS = ["crop", "rotate", "perspective", "photometric", "jpeg"]  # make_copies's
+ATTACK_NAMES = [*DEFAULT_ATTACKS, "downscale"]
 
 
 def coords_image(h: int = 120, w: int = 160) -> np.ndarray:
@@ -163,6 +162,29 @@ def test_jpeg_error_is_between_quality_10_and_30():
         attack_jpeg(img, rng(), quality=(50, 200))
 
 
+def test_rotate_min_angle_bounds_the_angle():
+    # the border-free crop of a rotation shrinks with the angle: a 10-30 degree rotation
+    # keeps between the areas of the 30 and the 10 degree crops (2 % rounding slack)
+    img = textured_image(5)
+    area10 = np.prod(copies_attacks._inscribed_size(320, 240, np.deg2rad(10.0)))
+    area30 = np.prod(copies_attacks._inscribed_size(320, 240, np.deg2rad(30.0)))
+    for seed in range(6):
+        out = attack_rotate(img, rng(seed), min_angle=10.0, max_angle=30.0)
+        assert 0.98 * area30 <= out.shape[0] * out.shape[1] <= 1.02 * area10
+    with pytest.raises(ValueError, match="min_angle"):
+        attack_rotate(img, rng(), min_angle=40.0, max_angle=30.0)
+
+
+def test_downscale_factor_range():
+    img = textured_image(6)
+    for seed in range(5):
+        out = attack_downscale(img, rng(seed), factor=(0.45, 0.65))
+        assert 0.45 * 240 - 1 <= out.shape[0] <= 0.65 * 240 + 1
+        assert out.shape[1] / out.shape[0] == pytest.approx(320 / 240, rel=0.02)
+    with pytest.raises(ValueError, match="factor"):
+        attack_downscale(img, rng(), factor=(0.5, 1.5))
+
+
 # --------------------------------------------------------------------------- make_copies
 
 
@@ -221,9 +243,9 @@ def test_make_copies_layout_and_ground_truth(tmp_path, photos, caplog):
         assert sorted(names) == expected and len(names) == 4
         for name in names:
             attack = name[: -len(".jpg")].split("_")[2]
-            assert attack in ATTACK_NAMES
+            assert attack in DEFAULT_ATTACKS
             used_attacks.add(attack)
-    assert used_attacks == set(ATTACK_NAMES)  # the rotating start uses all five attacks
+    assert used_attacks == set(DEFAULT_ATTACKS)  # the rotating start uses all five attacks
     # every file is a decodable JPEG with the long side <= max_side
     for rel in gt["imlist"] + gt["qimlist"]:
         assert max(read_image(out / rel, max_side=None).shape[:2]) <= 200
@@ -307,70 +329,39 @@ def test_bad_parameters(tmp_path, photos):
         make_copies(photos, tmp_path / "x", n_queries=2, copies_per_query=0)
 
 
-# --------------------------------------------------------------------------- demo
+def luminance_dc_step(path: Path) -> int:
+    """The first entry of a JPEG file's luminance quantisation table."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(im.quantization[0][0])
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-def test_demo_photos_offline(no_network):
-    photos = demo_photos()
-    names = [n for n, _ in photos]
-    assert len(photos) >= 8
-    assert names == sorted(names) and len(set(names)) == len(names)
-    assert {"astronaut", "coffee", "china", "flower"} <= set(names)
-    for name, img in photos:
-        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
-        assert min(img.shape[:2]) >= 150, name
-        assert img.std() > 10, name  # a real picture, not a flat fill
-    # the same photographs as scikit-image's and scikit-learn's own loaders
-    from skimage import data
-    from sklearn.datasets import load_sample_image
-
-    by_name = dict(photos)
-    np.testing.assert_array_equal(by_name["astronaut"], data.astronaut())
-    np.testing.assert_array_equal(by_name["camera"][..., 1], data.camera())
-    np.testing.assert_array_equal(by_name["china"], load_sample_image("china.jpg"))
-
-
-def test_demo_photos_skips_missing_files(monkeypatch, tmp_path, no_network):
-    monkeypatch.setattr(
-        copies, "SKIMAGE_PHOTOS", {"astronaut": "astronaut.png", "ghost": "ghost.png"}
-    )
-    names = [n for n, _ in demo_photos()]
-    assert names == ["astronaut", "china", "flower"]
-
-
-def test_build_demo_dataset_and_cache(tmp_path, no_network):
-    out = tmp_path / "demo"
-    gt_path = build_demo_dataset(out, n_queries=3, seed=0)
-    gt = json.loads(gt_path.read_text())
+def test_harsh_strength_downscales_and_encodes_at_low_quality(tmp_path, photos):
+    out = tmp_path / "harsh"
+    make_copies(photos, out, n_queries=3, copies_per_query=5, max_side=240, seed=2,
+                strength="harsh")
     manifest = json.loads((out / "copies.json").read_text())
-    n_photos = len(demo_photos())
-    assert len(gt["qimlist"]) == 3 and all(len(g["ok"]) == 4 for g in gt["gnd"])
-    n_distractors = n_photos - 3
-    assert len(gt["imlist"]) == 3 * 4 + n_distractors * (1 + 3)
-    query_names = set(manifest["query_sources"].values())
-    distractor_names = set(manifest["distractor_sources"].values())
-    assert not query_names & distractor_names
-    # extra crops only of distractor photos: every d-file belongs to a listed distractor
-    for rel in gt["imlist"]:
-        name = Path(rel).name
-        if name.startswith("d"):
-            assert f"gallery/{name[:6]}.jpg" in manifest["distractor_sources"]
-    # cache: the same call rewrites nothing
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert build_demo_dataset(out, n_queries=3, seed=0) == gt_path
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-    # other parameters rebuild
-    build_demo_dataset(out, n_queries=4, seed=0)
-    assert len(json.loads(gt_path.read_text())["qimlist"]) == 4
+    assert manifest["params"]["strength"] == "harsh"
+    copies = sorted((out / "gallery").glob("q*_c*.jpg"))
+    assert len(copies) == 15
+    # libjpeg scales the base table's DC step 16 by 5000/q %: q 12..25 gives 32..67;
+    # the queries and distractors stay at quality 90 (step 3)
+    for path in copies:
+        assert 32 <= luminance_dc_step(path) <= 67, path.name
+    assert luminance_dc_step(out / "queries" / "q0000.jpg") == 3
+    # size-preserving attacks show the 0.45-0.65 downscale exactly
+    for path in (out / "gallery").glob("q*_c*_photometric.jpg"):
+        query = read_image(out / "queries" / f"{path.name[:5]}.jpg", max_side=None)
+        copy = read_image(path, max_side=None)
+        ratio = copy.shape[0] / query.shape[0]
+        assert 0.45 - 0.01 <= ratio <= 0.65 + 0.01, path.name
+    # the default strength is untouched: copies at quality 90, full size
+    make_copies(photos, tmp_path / "plain", n_queries=3, copies_per_query=5, max_side=240, seed=2)
+    for path in (tmp_path / "plain" / "gallery").glob("q*_c*.jpg"):
+        assert luminance_dc_step(path) == 3
+    with pytest.raises(ValueError, match="strength"):
+        make_copies(photos, tmp_path / "x", n_queries=2, strength="brutal")
 
 
 # --------------------------------------------------------------------------- real data
@@ -391,3 +382,17 @@ def test_make_copies_on_caltech(tmp_path, caltech_dir):
     for rel in gt["imlist"] + gt["qimlist"]:
         img = read_image(tmp_path / "cal" / rel, max_side=None)
         assert img.dtype == np.uint8 and img.shape[2] == 3 and max(img.shape[:2]) <= 256
+
+
+def test_cli_make_copies_harsh(tmp_path):
+    from conftest import cli_run
+
+    write_photos(tmp_path / "photos", 4)
+    out = tmp_path / "set"
+    cli_run("datasets", "make-copies", tmp_path / "photos", out, "--queries", 2,
+            "--copies", 2, "--strength", "harsh", "-q")
+    assert json.loads((out / "copies.json").read_text())["params"]["strength"] == "harsh"
+    for path in (out / "gallery").glob("q*_c*.jpg"):
+        assert 32 <= luminance_dc_step(path) <= 67
+    bad = cli_run("datasets", "make-copies", tmp_path / "photos", out, "--strength", "x", ok=False)
+    assert bad.exit_code == 2 and "strength" in bad.output

@@ -21,7 +21,15 @@ def main() -> None:
 
 
 
-from . import datasets, evaluate, index, misc, models, train  # noqa: E402,F401  (registers commands)
+from . import (  # noqa: E402,F401  (importing registers the commands)
+    datasets,
+    dedup,
+    evaluate,
+    index,
+    misc,
+    models,
+    train,
+)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

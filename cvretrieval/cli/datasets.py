@@ -98,10 +98,13 @@ def datasets_fetch(name: str, to: Path, base_url: str | None, allow_unverified: 
 @click.option("--attacks", default="crop,rotate,perspective,photometric,jpeg", show_default=True)
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--strength", type=click.Choice(["default", "harsh"]), default="default",
+              show_default=True, help="harsh: 55-75%% crops, 10-30 deg rotations, every copy "
+              "downscaled 0.45-0.65 and saved at JPEG quality 12-25.")
 @common_options
 def datasets_make_copies(photos: Path, output: Path, n_queries: int | None, copies_per_query: int,
                          n_distractors: int | None, attacks: str, max_side: int, seed: int,
-                         out: Output) -> None:
+                         strength: str, out: Output) -> None:
     """Build a Copydays-style benchmark from PHOTOS into OUTPUT (copies, distractors, gt.json)."""
     from ..copies import make_copies
     from ..io import list_images
@@ -112,7 +115,7 @@ def datasets_make_copies(photos: Path, output: Path, n_queries: int | None, copi
     gt = make_copies(paths, output, n_queries=n_queries, copies_per_query=copies_per_query,
                      n_distractors=n_distractors,
                      attacks=[a.strip() for a in attacks.split(",") if a.strip()],
-                     max_side=max_side, seed=seed)
+                     max_side=max_side, seed=seed, strength=strength)
     info = json.loads((output / "copies.json").read_text())
     out.text(f"wrote {gt}: evaluate it with `cvret eval {gt}`")
     out.result({"gt": str(gt), **info})
