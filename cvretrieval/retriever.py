@@ -285,6 +285,10 @@ class Retriever(BundleWriting):
                    query=query and self.items, whitening=self.whitening_,
                    sv=self.sv_features if keypoints else None, cache=self._cache())
 
+    def query_job(self) -> Job:
+        """What the pipeline runs for query images (ASMK: multiple assignment)."""
+        return self._job("encode", query=True)
+
     def reduce_query(self, features: Any) -> Any:
         """A query's reduced result (ASMK: multiple assignment on the query side)."""
         if self.items:
@@ -383,52 +387,15 @@ class Retriever(BundleWriting):
         ``errors`` one message per query (empty when fine). A query path without a box
         that is indexed reuses its stored vector (no decoding).
         """
+        from .search import embed_queries
+
         self._check_built()
-        assert self.bundle_ is not None
-        boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
-        if len(boxes) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
-        keys = {qi: str(Path(q).resolve()) for qi, q in enumerate(queries)
-                if isinstance(q, (str, os.PathLike)) and boxes[qi] is None
-                and self.reuse_vectors}
-        known = self.catalog.ids_of(keys.values(), status="ok") if keys else {}
-        stored = {qi: known[k] for qi, k in keys.items() if k in known}
-        tasks = [(qi, q, tuple(b) if b is not None else None)
-                 for qi, (q, b) in enumerate(zip(queries, boxes, strict=True)) if qi not in stored]
-        n_jobs = self.n_jobs if len(tasks) > 16 else 1
-        errors = [""] * len(queries)
-        vectors: dict[int, Any] = {}
-        pipe = Pipeline(n_jobs=n_jobs, chunk_size=self.chunk_size)  # queries stay here
-        for it in pipe.map(self._job("encode", query=True), tasks, progress=progress,
-                           desc="queries"):
-            if it.error is not None:
-                errors[it.position] = it.error
-            else:
-                vectors[it.position] = it.value
-        if stored:
-            order = sorted(stored)
-            rows = self.bundle_.rows(np.array([stored[q] for q in order], np.int64))
-            for r, qi in enumerate(order):
-                vectors[qi] = rows[r]
-        for qi in [q for q in vectors if q not in stored]:
-            if not self._has_features(vectors[qi]):
-                name = queries[qi] if isinstance(queries[qi], (str, os.PathLike)) else qi
-                logger.warning("query %s has no features (too small or too plain for %s): its "
-                               "results are arbitrary", name, self.embedder.name)
-        rows_out = sorted(vectors)
-        return self._stack([vectors[i] for i in rows_out]), rows_out, errors
+        return embed_queries(self, queries, bboxes, progress)
 
     def _stack(self, vecs: list[Any]) -> Any:
-        if self.items:
-            return _ItemList(vecs)
-        if self.sparse:
-            import scipy.sparse as sp
+        from .search import stack_rows
 
-            return (sp.vstack(vecs).tocsr() if vecs
-                    else sp.csr_matrix((0, self.dim), dtype=np.float32))
-        if not vecs:
-            return np.zeros((0, self.dim), np.float32)
-        return np.ascontiguousarray(np.vstack(vecs), np.float32)
+        return stack_rows(self, vecs)
 
     def search_vectors(self, X: Any, k: int, *, rerank: Sequence[str] | str | None = None
                        ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -515,17 +482,3 @@ class Retriever(BundleWriting):
         paths = self.paths_of(I[0])
         return [Hit(rank=r + 1, id=int(i), path=str(p), score=float(d))
                 for r, (d, i, p) in enumerate(zip(D[0], I[0], paths, strict=True)) if i >= 0]
-
-
-class _ItemList(list):  # type: ignore[type-arg]
-    """Query items (ASMK codes) with the ``shape`` the search code reads."""
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self), 0)
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, np.ndarray):
-            return _ItemList([list.__getitem__(self, int(i)) for i in key])
-        got = list.__getitem__(self, key)
-        return _ItemList(got) if isinstance(key, slice) else got

@@ -217,3 +217,71 @@ def _verified_expansion(ret: Any, X: Any, k: int, D: NDArray[np.float32],
         outI[j, : len(merged)] = [p for _, p in merged]
         outD[j, : len(merged)] = [d for d, _ in merged]
     return outD, outI
+
+
+def embed_queries(ret: Any, queries: Sequence[Any], bboxes: Sequence[Any] | None,
+                  progress: bool | None) -> tuple[Any, list[int], list[str]]:
+    """Query vectors ``(X, rows, errors)`` (see :meth:`Retriever.embed_queries`): an indexed
+    query path without a box reuses its stored vector; the others run the pipeline here."""
+    import os
+    from pathlib import Path
+
+    from .pipeline import Pipeline
+
+    boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
+    if len(boxes) != len(queries):
+        raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")
+    keys = {qi: str(Path(q).resolve()) for qi, q in enumerate(queries)
+            if isinstance(q, (str, os.PathLike)) and boxes[qi] is None and ret.reuse_vectors}
+    known = ret.catalog.ids_of(keys.values(), status="ok") if keys else {}
+    stored = {qi: known[k] for qi, k in keys.items() if k in known}
+    tasks = [(qi, q, tuple(b) if b is not None else None)
+             for qi, (q, b) in enumerate(zip(queries, boxes, strict=True)) if qi not in stored]
+    errors = [""] * len(queries)
+    vectors: dict[int, Any] = {}
+    pipe = Pipeline(n_jobs=ret.n_jobs if len(tasks) > 16 else 1, chunk_size=ret.chunk_size)
+    for it in pipe.map(ret.query_job(), tasks, progress=progress, desc="queries"):
+        if it.error is not None:
+            errors[it.position] = it.error
+        else:
+            vectors[it.position] = it.value
+    if stored:
+        order = sorted(stored)
+        rows = ret.rows(np.array([stored[q] for q in order], np.int64))
+        for r, qi in enumerate(order):
+            vectors[qi] = rows[r]
+    for qi in [q for q in vectors if q not in stored]:
+        if not ret.has_features(vectors[qi]):
+            name = queries[qi] if isinstance(queries[qi], (str, os.PathLike)) else qi
+            logger.warning("query %s has no features (too small or too plain for %s): its "
+                           "results are arbitrary", name, ret.embedder.name)
+    rows_out = sorted(vectors)
+    return stack_rows(ret, [vectors[i] for i in rows_out]), rows_out, errors
+
+
+def stack_rows(ret: Any, vecs: list[Any]) -> Any:
+    """Per-query vectors as one matrix (dense or CSR), or a list of items (ASMK)."""
+    if ret.items:
+        return _ItemList(vecs)
+    if ret.sparse:
+        import scipy.sparse as sp
+
+        return (sp.vstack(vecs).tocsr() if vecs
+                else sp.csr_matrix((0, ret.dim), dtype=np.float32))
+    if not vecs:
+        return np.zeros((0, ret.dim), np.float32)
+    return np.ascontiguousarray(np.vstack(vecs), np.float32)
+
+
+class _ItemList(list):  # type: ignore[type-arg]
+    """Query items (ASMK codes) with the ``shape`` the search code reads."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), 0)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, np.ndarray):
+            return _ItemList([list.__getitem__(self, int(i)) for i in key])
+        got = list.__getitem__(self, key)
+        return _ItemList(got) if isinstance(key, slice) else got

@@ -74,7 +74,7 @@ class BundleWriting:
                                             descriptors="none" if words else "auto",
                                             words=words, meta=sv.config())
 
-    def _has_features(self, vector: Any) -> bool:
+    def has_features(self, vector: Any) -> bool:
         """An image whose vector is all zero (or whose item the embedder says is empty)
         had nothing to describe it: it is catalogued as ``nofeatures``, not indexed."""
         if self.items:
@@ -186,7 +186,7 @@ class BundleWriting:
                 lambda: w.new_segment(sparse=sparse, dim=self._vector_dim(), items=items),
                 catalog,
                 ordered(), [str(p.resolve()) for p in paths], first_id,
-                store=self._store_writer(), has_features=self._has_features)
+                store=self._store_writer(), has_features=self.has_features)
 
     def _vector_dim(self) -> int:
         return int(self.embedder.dim) if self.sparse or self.items else self.dim
