@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from .._json import check_format_version, read_json_manifest
 from ..errors import BundleError
-from . import (
+from ._format import (
     _REBUILD_HINT,
     DESCRIPTORS_FILE,
     FORMAT_VERSION,

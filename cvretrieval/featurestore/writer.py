@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from .._json import atomic_write, write_json_atomic
 from .._npyfile import GrowingNpy
-from . import (
+from ._format import (
     _DESCRIPTOR_MODES,
     _FLOAT16_EXACT_BELOW,
     _FLOAT16_MAX,
