@@ -414,17 +414,19 @@ def embed_paths(
     scheduler: str | None = None,
     random_state: int | None = 0,
     progress: bool | None = None,
+    fit: bool = True,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[tuple[int, str]]]:
     """Fit ``embedder`` when it needs it, then embed every image: ``(X, rows, errors)``.
 
+    With ``fit=False`` the embedder is used as it is (already fitted).
     ``X`` holds the vectors of the images that could be embedded, ``rows`` their
     positions in ``paths`` and ``errors`` the ``(position, message)`` of the others. For
     callers that want vectors in memory (a training set); a collection goes to a bundle.
     """
     pipe = Pipeline(n_jobs=n_jobs, scheduler=scheduler)
     tasks = [(i, str(p), None) for i, p in enumerate(paths)]
-    done = fit_on_sample(pipe, embedder, tasks, max_side=max_side, random_state=random_state,
-                         progress=progress)
+    done = (fit_on_sample(pipe, embedder, tasks, max_side=max_side, random_state=random_state,
+                          progress=progress) if fit else {})
     job = Job(embedder, "encode", max_side)
     vectors: dict[int, Any] = {}
     errors: list[tuple[int, str]] = []

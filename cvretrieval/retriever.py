@@ -69,6 +69,9 @@ class Retriever(BundleWriting):
         Seeds the samples the embedder, the whitening and the index are fitted on.
     pca_whiten, whiten_shrinkage
         Learn a PCA-whitening (this many dimensions) on a sample of the images.
+    whiten_on : path, optional
+        Learn the whitening on these images (a folder) instead of the indexed ones: it
+        helps instance search without hurting class-level search (see the README).
     dba : int, default 0
         Database-side augmentation with this many neighbours (0 = off).
     rerank : sequence of str, default ()
@@ -110,6 +113,7 @@ class Retriever(BundleWriting):
         random_state: int = 0,
         pca_whiten: int | None = None,
         whiten_shrinkage: float = 0.5,
+        whiten_on: str | os.PathLike | None = None,
         dba: int = 0,
         rerank: Sequence[str] = (),
         qe_k: int = 5,
@@ -134,6 +138,7 @@ class Retriever(BundleWriting):
         self.max_memory = max_memory
         self.random_state = random_state
         self.pca_whiten = pca_whiten
+        self.whiten_on = whiten_on
         self.whiten_shrinkage = whiten_shrinkage
         self.dba = int(dba)
         self.rerank = parse_rerank(rerank)
@@ -222,6 +227,7 @@ class Retriever(BundleWriting):
     def _options(self) -> dict[str, Any]:
         return {
             "pca_whiten": self.pca_whiten, "whiten_shrinkage": self.whiten_shrinkage,
+            "whiten_on": str(self.whiten_on) if self.whiten_on else None,
             "dba": self.dba, "rerank": list(self.rerank), "qe_k": self.qe_k,
             "qe_alpha": self.qe_alpha, "store_features": self.store_features,
             "sv_detector": self.sv_detector, "sv_top": self.sv_top,

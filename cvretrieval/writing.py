@@ -104,6 +104,8 @@ class BundleWriting:
         """
         from ._dask import scheduler_session
 
+        if self.whiten_on and not self.pca_whiten:
+            raise ValueError("--whiten-on needs --pca-whiten D (the whitening it learns)")
         paths = self._as_paths(images)
         validate = getattr(self.embedder, "validate", None)
         if callable(validate):  # a missing model fails once, not once per image
@@ -116,9 +118,12 @@ class BundleWriting:
             whitening = self._new_whitening()
             t_fit = time.perf_counter()
             pipe = self._pipeline()
+            on_gallery = whitening if not self.whiten_on else None
             sample = fit_on_sample(pipe, self.embedder, tasks, max_side=self.max_side,
-                                   random_state=self.random_state, whitening=whitening,
+                                   random_state=self.random_state, whitening=on_gallery,
                                    cache=self._cache(), progress=progress)
+            if whitening is not None and on_gallery is None:
+                self._fit_whitening_on(whitening, progress)
             self.whitening_ = whitening
             fit_s = time.perf_counter() - t_fit
             emb_dir = w.new_name("embedder")
@@ -148,6 +153,24 @@ class BundleWriting:
         tmp = Path(tempfile.mkdtemp(prefix="cvret-bundle-"))
         weakref.finalize(self, shutil.rmtree, tmp, True)
         return tmp / "bundle"
+
+    def _fit_whitening_on(self, whitening: Any, progress: bool | None) -> None:
+        """Learn the whitening on a separate set of images (``whiten_on``): a random sample
+        of at most 5,000 of them, embedded through the pipeline with the fitted embedder."""
+        from .pipeline import CORPUS_SAMPLE, embed_paths, sample_positions
+
+        root = Path(self.whiten_on)
+        paths = scan_images(root)[0] if root.is_dir() else [root]
+        if not paths:
+            raise ValueError(f"--whiten-on {root}: no images there to learn the whitening on")
+        pick = sample_positions(len(paths), max(CORPUS_SAMPLE, 5000), self.random_state, salt=2)
+        X, _, errors = embed_paths(self.embedder, [paths[i] for i in pick], fit=False,
+                                   max_side=self.max_side, n_jobs=self.n_jobs,
+                                   random_state=self.random_state, progress=progress)
+        if len(X) < 2:
+            raise ValueError(f"--whiten-on {root}: only {len(X)} of its images could be "
+                             "embedded; a whitening needs more")
+        whitening.fit(X)
 
     def _new_whitening(self) -> Any:
         if not self.pca_whiten:

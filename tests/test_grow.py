@@ -322,3 +322,23 @@ def test_asmk_bundle_builds_grows_searches_and_verifies(tmp_path):
     assert hits[0].path == str(paths[5].resolve())
     with pytest.raises(ValueError, match="query expansion"):
         back.search(paths[5], k=3, rerank="qe")
+
+
+def test_whitening_learned_on_a_separate_set(tmp_path):
+    from cvretrieval.pipeline import embed_paths
+    from cvretrieval.whitening import PCAWhitening
+
+    gallery = _write_images(tmp_path / "gallery", range(30))
+    train = _write_images(tmp_path / "train", range(100, 140))
+    ret = Retriever("hog", n_jobs=1, pca_whiten=8, whiten_on=tmp_path / "train").build(
+        gallery, output=tmp_path / "b")
+    X, _, _ = embed_paths(ret.embedder, train, fit=False, n_jobs=1)
+    expected = PCAWhitening(n_components=8, shrinkage=0.5, random_state=0).fit(X)
+    np.testing.assert_allclose(ret.whitening_.transform(X[:3]), expected.transform(X[:3]),
+                               atol=1e-4)
+    on_gallery = Retriever("hog", n_jobs=1, pca_whiten=8).build(gallery, output=tmp_path / "g")
+    assert not np.allclose(on_gallery.whitening_.transform(X[:3]), expected.transform(X[:3]),
+                           atol=1e-3)
+    assert Retriever.load(tmp_path / "b").dim == 8
+    with pytest.raises(ValueError, match="--pca-whiten"):
+        Retriever("hog", whiten_on=tmp_path / "train").build(gallery, output=tmp_path / "x")

@@ -134,6 +134,9 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--random-state", type=int, default=0, show_default=True),
         click.option("--pca-whiten", type=click.IntRange(1), default=None, metavar="D",
                      help="Learn a PCA-whitening on the indexed images, keep D dimensions."),
+        click.option("--whiten-on", type=click.Path(path_type=Path, exists=True), default=None,
+                     metavar="DIR", help="Learn the --pca-whiten whitening on these images "
+                                         "instead of the indexed ones."),
         click.option("--whiten-shrinkage", type=click.FloatRange(0, 1), default=0.5,
                      show_default=True, help="Eigenvalue shrinkage (0 = full whitening)."),
         click.option("--dba", type=click.IntRange(0), default=0, show_default=True, metavar="K",
