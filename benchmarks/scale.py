@@ -185,7 +185,7 @@ def bench(kind: str, paths: list[Path], extra: list[Path], scratch: Path, n_jobs
     build = run_measured([*cvret, "index", str(src), "-o", str(bundle), *PIPELINES[kind],
                           "--index", index, "--max-memory", max_memory, "--n-jobs", str(n_jobs),
                           "-q"])
-    add_dir = scratch / "add-1000"
+    add_dir = scratch / f"add-1000-{len(paths)}"  # images not in this bundle
     add_dir.mkdir(exist_ok=True)
     for i, p in enumerate(extra):
         link = add_dir / f"a{i:05d}.jpg"
