@@ -509,3 +509,43 @@ def test_train_refuses_a_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(CVRetrievalError, match="not part of a Siamese model"):
         train_siamese(data, base="hog", out_dir=tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+def test_lw_init_whitens_the_within_class_scatter():
+    from cvretrieval.siamese.head import lw_init
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(6, 5))
+    y = np.repeat(np.arange(6), 20)
+    noise = rng.normal(size=(len(y), 5)) * np.array([3.0, 0.1, 0.1, 0.1, 0.1])  # nuisance axis
+    X = centres[y] + noise
+    W, mean = lw_init(X, y, 5, shrinkage=0.0)
+    D = np.concatenate([X[y == c] - X[y == c].mean(0) for c in range(6)])
+    Sw = D.T @ D / len(D)
+    M = W.astype(np.float64) @ Sw @ W.T.astype(np.float64)
+    np.testing.assert_allclose(M / M[0, 0], np.eye(5), atol=1e-4)  # whitened, up to a scale
+    np.testing.assert_allclose(mean, X.mean(0), atol=1e-6)
+    # the nuisance axis (x0) is damped relative to PCA, which it dominates
+    from cvretrieval.siamese.head import pca_init
+
+    W_pca, _ = pca_init(X, 1)
+    assert abs(W_pca[0, 0]) > 0.9 and abs(W[0, 0]) / np.abs(W[0]).max() < 0.2
+    with pytest.raises(ValueError, match="2 or more"):
+        lw_init(X[:3], np.arange(3), 2)
+
+
+def test_fit_head_lw_init_starts_at_the_learned_whitening():
+    from cvretrieval.siamese.head import lw_init
+
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(6), 5)
+    X = (rng.normal(size=(6, 12))[y] + 0.5 * rng.normal(size=(30, 12))).astype(np.float32)
+    model, info = fit_head(X, y, head=(16, 8), init="lw", epochs=0, mix=1.0, center=False,
+                           progress=False)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    W, m = lw_init(Xn, y, 8)
+    want = (Xn - m) @ W.T
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed_numpy(model, X), want, atol=1e-4)
+    with pytest.raises(ValueError, match="init must be"):
+        fit_head(X, y, init="ica", progress=False)

@@ -29,6 +29,9 @@ def train_group() -> None:
               help="Hidden and output sizes of the projection head.")
 @click.option("--plain", is_flag=True,
               help="A plain MLP head instead of the residual one initialised at the base.")
+@click.option("--init", "init", type=click.Choice(["pca", "lw"]), default="pca", show_default=True,
+              help="Start the residual head's skip from PCA or from learned whitening of the "
+                   "classes (lw: better on classes never seen in training).")
 @click.option("--mix", default="auto", show_default=True,
               help="Weight of the head against the base embedding (0-1), or auto (validation).")
 @click.option("--center", type=click.Choice(["auto", "yes", "no"]), default="auto",
@@ -75,7 +78,7 @@ def train_group() -> None:
               help="Model folder (use it as --features siamese:FOLDER).")
 @common_options
 def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None, mining: str,
-                      head: str, plain: bool, mix: str, center: str, epochs: int | None,
+                      head: str, plain: bool, init: str, mix: str, center: str, epochs: int | None,
                       patience: int | None, batch_p: int | None, batch_k: int,
                       lr: float | None, weight_decay: float, val_split: float,
                       backbone: str | None, weights: Path | None, input_size: int, freeze: int,
@@ -101,7 +104,8 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
     centres: dict[str, str | bool] = {"auto": "auto", "yes": True, "no": False}
     centre = centres[center]
     result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
-                           head=sizes, residual=not plain, mix=mix_value, center=centre,
+                           head=sizes, residual=not plain, init=init, mix=mix_value,
+                           center=centre,
                            epochs=epochs, patience="auto" if patience is None else patience,
                            batch_p=batch_p, batch_k=batch_k,
                            lr=lr, weight_decay=weight_decay, val_split=val_split,

@@ -51,6 +51,7 @@ def fit_head(
     mining: str = "batch-hard",
     head: str | Sequence[int] = (512, 256),
     residual: bool = True,
+    init: str = "pca",
     mix: str | float = "auto",
     center: str | bool = "auto",
     epochs: int = 30,
@@ -81,6 +82,10 @@ def fit_head(
         Their classes.
     X_val, y_val : arrays, optional
         Embeddings and classes of the validation images (classes not in ``y``).
+    init : {'pca', 'lw'}, default 'pca'
+        How the residual head's linear skip starts: the top principal axes of ``X``, or
+        the learned whitening of ``(X, y)`` (:func:`cvretrieval.siamese.head.lw_init`),
+        which carries over to unseen classes better.
     loss, margin, mining, head, residual, mix, center, epochs, patience, batch_p, batch_k,
     lr, weight_decay, random_state, progress
         See :func:`cvretrieval.siamese.train_siamese`.
@@ -104,7 +109,14 @@ def fit_head(
 
     from ..embedders.devices import torch_device
     from . import require_torch
-    from .head import ProjectionHead, SiameseModel, embed_numpy, parse_head, pca_init
+    from .head import (
+        ProjectionHead,
+        SiameseModel,
+        embed_numpy,
+        lw_init,
+        parse_head,
+        pca_init,
+    )
     from .losses import LOSSES, batch_loss
     from .mining import MINING, PKSampler
 
@@ -127,6 +139,8 @@ def fit_head(
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"mix must be 'auto' or a weight in [0, 1], got {mix!r}")
         betas = (b,)
+    if init not in ("pca", "lw"):
+        raise ValueError(f"init must be 'pca' or 'lw', got {init!r}")
     if center not in ("auto", True, False):
         raise ValueError(f"center must be 'auto', True or False, got {center!r}")
     hidden = parse_head(head)
@@ -163,7 +177,8 @@ def fit_head(
             torch.manual_seed(random_state)
             net = ProjectionHead(X.shape[1], hidden, residual=residual)
             if residual:
-                net.init_skip(*pca_init(X, net.out_dim))
+                net.init_skip(*(lw_init(X, y, net.out_dim) if init == "lw"
+                                else pca_init(X, net.out_dim)))
             net.to(dev)
             opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
             sampler = PKSampler(y, batch_p, batch_k, random_state=random_state)

@@ -103,6 +103,75 @@ def pca_init(
     return W.astype(np.float32), mean.astype(np.float32)
 
 
+def lw_init(
+    X: NDArray[np.floating], y: NDArray[np.integer], out_dim: int, shrinkage: float = 1.0
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Learned whitening [1]_: a linear map ``W (x - mean)`` from labelled vectors.
+
+    The within-class scatter ``Sw`` (what varies between images of one class: pose,
+    background, lighting) is whitened, ``(Sw + s·tr(Sw)/d·I)^(-1/2)``, then the whitened
+    training vectors are projected on their top ``out_dim`` principal axes. It is closed
+    form, so it does not fit the training classes the way a trained MLP does, and it
+    carries over to unseen classes (Caltech-101, classes never seen: mAP 0.748 → 0.78 on
+    MobileNet v1 embeddings, ``benchmarks/deep_vs_classical.py``).
+
+    Parameters
+    ----------
+    X : (n, d) array
+        Training vectors (L2-normalised).
+    y : (n,) int array
+        Their classes; classes with one vector add nothing to ``Sw``.
+    out_dim : int
+        Rows of ``W`` (at most ``d``; extra rows are zero).
+    shrinkage : float, default 1.0
+        ``s`` above: the ridge added to ``Sw`` relative to its mean eigenvalue (0: none).
+
+    Returns
+    -------
+    W : (out_dim, d) float32
+        Scaled so that ``|W (x - mean)|`` is on average that of the PCA projection of
+        :func:`pca_init` (the MLP's residual adds to it on a like scale).
+    mean : (d,) float32
+
+    References
+    ----------
+    .. [1] F. Radenović, G. Tolias, O. Chum, "Fine-tuning CNN Image Retrieval with No
+       Human Annotation", TPAMI 2018 (section 3.3, learned whitening); K. Mikolajczyk,
+       J. Matas, "Improving descriptors for fast tree matching by optimal linear
+       projection", ICCV 2007.
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])
+    >>> W, m = lw_init(X, np.array([0, 0, 1, 1]), 1, shrinkage=0.1)
+    >>> bool(abs(W[0, 0]) > 10 * abs(W[0, 1]))  # keeps the axis that separates the classes
+    True
+    """
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y)
+    n, d = X.shape
+    mean = X.mean(axis=0)
+    parts = [X[y == c] - X[y == c].mean(axis=0) for c in np.unique(y) if (y == c).sum() > 1]
+    if not parts:
+        raise ValueError("learned whitening needs a class with 2 or more vectors")
+    D = np.concatenate(parts)
+    Sw = D.T @ D / len(D)
+    ridge = float(shrinkage) * max(float(np.trace(Sw)) / d, 1e-12)
+    e, U = np.linalg.eigh(Sw + ridge * np.eye(d))
+    P1 = U / np.sqrt(np.maximum(e, 1e-12))
+    Z = (X - mean) @ P1
+    _, _, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    r = min(out_dim, vt.shape[0])
+    W = np.zeros((out_dim, d), np.float64)
+    W[:r] = (P1 @ vt[:r].T).T
+    W_pca, _ = pca_init(X, min(out_dim, d))
+    target = np.linalg.norm((X - mean) @ W_pca[: min(out_dim, d)].T, axis=1).mean()
+    got = np.linalg.norm((X - mean) @ W.T, axis=1).mean()
+    if got > 0:
+        W *= target / got
+    return W.astype(np.float32), mean.astype(np.float32)
+
+
 class ProjectionHead(nn.Module):
     """MLP from the base embedding to the head's embedding, optionally residual.
 

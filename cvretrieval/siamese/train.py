@@ -82,6 +82,7 @@ def train_siamese(
     mining: str = "batch-hard",
     head: str | Sequence[int] = (512, 256),
     residual: bool = True,
+    init: str = "pca",
     mix: str | float = "auto",
     center: str | bool = "auto",
     epochs: int | None = None,
@@ -125,6 +126,9 @@ def train_siamese(
     residual : bool, default True
         The recipe that generalises to unseen classes: a PCA-initialised linear skip plus
         the MLP with a zero-initialised last layer. False: a plain MLP.
+    init : {'pca', 'lw'}, default 'pca'
+        The residual head's linear skip at the start: PCA of the base embeddings, or
+        learned whitening from their classes (better on unseen classes).
     mix : 'auto' or float in [0, 1], default 'auto'
         Weight ``beta`` of the head's cosine similarity against the base's in the final
         vector ``[sqrt(1-beta) base, sqrt(beta) head]``; ``auto`` picks it from
@@ -243,7 +247,8 @@ def train_siamese(
                 len(np.unique(y[val_mask])))
     model, info = fit_head(
         X[train_mask], y[train_mask], X_val=X[val_mask], y_val=y[val_mask], loss=loss,
-        margin=margin, mining=mining, head=head, residual=residual, mix=mix, center=center,
+        margin=margin, mining=mining, head=head, residual=residual, init=init, mix=mix,
+        center=center,
         epochs=epochs,
         patience=patience, batch_p=batch_p, batch_k=batch_k, lr=lr, weight_decay=weight_decay,
         random_state=random_state, progress=progress, device=device,
@@ -258,7 +263,8 @@ def train_siamese(
     head_path = export_onnx(model, out / "head.onnx")
     config = {
         "loss": loss, "margin": info["margin"], "mining": mining, "lr": info["lr"],
-        "head": list(model.head.hidden), "residual": residual, "mix": mix, "center": center,
+        "head": list(model.head.hidden), "residual": residual, "init": init, "mix": mix,
+        "center": center,
         "epochs": epochs,
         "patience": patience, "batch_p": batch_p, "batch_k": batch_k,
         "weight_decay": weight_decay, "val_split": val_split, "max_side": max_side,
