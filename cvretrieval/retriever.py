@@ -362,16 +362,19 @@ class Retriever(BundleWriting):
                     index: Any = None) -> Any:
         """Merge the shards of ``segments`` (default all) into ``index`` (default a new
         empty copy of the trained template) and take the removed images out."""
-        if index is None:
-            index = self._index_class().load(bundle.root / bundle.manifest["index"]["template"])
-            index = index.empty_copy()
         segments = bundle.segments if segments is None else segments
         for seg in segments:
             shard = self._index_class().load(seg.shard_path)
             if shard.ntotal != seg.n:
                 raise BundleError(f"{seg.shard_path} holds {shard.ntotal} vectors, the manifest "
                                   f"says {seg.n}: the bundle is damaged; rebuild it")
-            index.merge_from(shard)
+            if index is None:  # the first shard is the index as it is (an HNSW graph is
+                index = shard  # not built again); later ones are merged into it
+            else:
+                index.merge_from(shard)
+        if index is None:
+            index = self._index_class().load(bundle.root / bundle.manifest["index"]["template"])
+            index = index.empty_copy()
         removed = bundle.catalog.ids_with_status("removed")
         present = [removed[seg.positions(removed) >= 0] for seg in segments]
         removed = np.concatenate(present) if present else removed[:0]

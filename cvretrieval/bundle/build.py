@@ -19,8 +19,8 @@ from .segments import Segment, SegmentWriter
 
 logger = logging.getLogger(__name__)
 
-#: images per segment while streaming, and at most this many bytes of float32 vectors
-#: (bounds the memory of building one shard, and of one segment's sparse rows)
+#: images per segment of sparse rows or items while streaming, and at most this many
+#: bytes (bounds the memory of holding one segment's rows)
 SEGMENT_SIZE = 50_000
 SEGMENT_BYTES = 512 << 20
 #: vectors sampled from the segments to train an IVF/PQ index, and at most this many bytes
@@ -100,7 +100,10 @@ def write_segments(
             kp_writer.append(item.keypoints, words=item.words)
         item.value = item.keypoints = item.words = None
         pending.append(entry_for(item, path, cid, number))
-        if writer.n >= min(segment_size, max(1, SEGMENT_BYTES // (4 * writer.dim))):
+        # dense rows stream to disk, so one segment holds them all (one shard, loaded as
+        # it is); sparse rows and items are held until the segment closes: bounded
+        if writer.sparse and writer.n >= min(segment_size,
+                                             max(1, SEGMENT_BYTES // (4 * writer.dim))):
             close()
     close()
     catalog.insert(pending)
