@@ -137,3 +137,16 @@ def test_cli_eval_with_distractors(small_set, tmp_path):
     res = cli_run("eval", small_set / "data", "--vectors", __file__, "--distractors",
                   small_set / "other", ok=False)
     assert res.exit_code != 0
+
+
+def test_distractors_with_sparse_bovw(small_set):
+    from cvretrieval.embedders import make_embedder
+
+    data = load_dataset(small_set / "data", format="class-folders")
+    emb = make_embedder("bovw-orb", n_words=16, n_features=200, random_state=0)
+    ret = Retriever(emb, index="sparse", n_jobs=1).build(data.image_paths())
+    assert ret.sparse
+    plain = evaluate(ret, data, progress=False)
+    with_d = evaluate(WithDistractors(ret, small_set / "other"), data, progress=False)
+    assert with_d["config"]["distractors"]["n"] == 6
+    assert with_d["metrics"]["mAP"] <= plain["metrics"]["mAP"] + 1e-12
