@@ -41,6 +41,14 @@ _EXPORTS = {
     "write_report": "report",
     "make_copies": "copies",
     "find_duplicates": "dedup",
+    "ndcg_at_k": "metrics",
+    "WithDistractors": "distractors",
+    "SparseIndex": "sparse",
+    "SpatialVerifier": "rerank.spatial",
+    "embed_paths": "pipeline",
+    "Pipeline": "pipeline",
+    "Bundle": "bundle",
+    "fetch_model": "models",
 }
 
 __all__ = ["__version__", *_EXPORTS]

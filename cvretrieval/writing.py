@@ -104,6 +104,9 @@ class BundleWriting:
         """
         from ._dask import scheduler_session
 
+        if getattr(self.embedder, "takes_paths", False):
+            raise ValueError(f"{self.embedder.name} scores vectors computed elsewhere: use it "
+                             "with `cvret eval` or `cvret bench`, it has no images to index")
         if self.whiten_on and not self.pca_whiten:
             raise ValueError("--whiten-on needs --pca-whiten D (the whitening it learns)")
         paths = self._as_paths(images)

@@ -16,8 +16,9 @@ from ..errors import CVRetrievalError
 
 logger = logging.getLogger("cvretrieval")
 
-FEATURE_HELP = ("Embedder: hog, bovw[-DET], vlad[-DET], onnx:MODEL, tflite:MODEL, "
-                "torchscript:MODEL, siamese:DIR, or a plug-in (see `cvret embedders`).")
+FEATURE_HELP = ("Embedder: hog, bovw[-DET], vlad[-DET], asmk[-DET], onnx:MODEL, tflite:MODEL, "
+                "torchscript:MODEL, siamese:DIR, model:NAME, vectors:FILE.npz (eval/bench), "
+                "or a plug-in (see `cvret embedders`).")
 
 
 # --- shared options ---------------------------------------------------------------------
