@@ -106,6 +106,7 @@ def test_identical_distractors_push_positives_down(small_set, tmp_path):
 
 
 def test_distractor_that_is_a_dataset_image_is_dropped(small_set, tmp_path, caplog):
+    caplog.set_level("WARNING")  # a CLI test run before may have raised the root level
     data, ret = _built(small_set)
     # the distractor folder is the data set itself: every distractor is dropped
     wrapped = WithDistractors(ret, small_set / "data",
