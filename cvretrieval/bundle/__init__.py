@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._files import fsync_path
 from ..errors import BundleError
 from .catalog import Catalog, CatalogEntry
 from .manifest import (
@@ -35,7 +36,6 @@ from .manifest import (
     FORMAT_VERSION,
     MANIFEST,
     folder_checksums,
-    fsync_dir,
     read_manifest,
     write_manifest,
 )
@@ -349,17 +349,8 @@ def fsync_tree(root: Path) -> None:
 
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            try:
-                fd = os.open(Path(folder) / name, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:  # pragma: no cover
-                pass
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
 
 
 def _remove(p: Path) -> None:

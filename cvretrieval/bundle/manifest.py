@@ -8,12 +8,12 @@ files no manifest names are garbage that the next writer removes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from .._files import fsync_path, sha256_of
 from .._json import read_json_manifest
 from ..errors import BundleError
 
@@ -24,11 +24,7 @@ METRICS = ("ip", "l2")
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def folder_checksums(folder: Path) -> dict[str, str]:
@@ -50,20 +46,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(root)
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    fsync_path(root)
 
 
 def _field(m: dict[str, Any], path: Path, key: str, kind: type | tuple[type, ...],

@@ -12,7 +12,6 @@ TFLite runs on the CPU only.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import logging
 import multiprocessing
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._files import sha256_of
 from ..errors import MissingExtraError, ModelError
 from .devices import DeviceError, check_device, check_onnx_session, onnx_providers, torch_device
 
@@ -51,11 +51,7 @@ def file_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def file_fingerprint(path: Path) -> tuple[int, int]:
