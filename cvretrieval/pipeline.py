@@ -90,7 +90,9 @@ class SVFeatures:
     """Which key points a bundle keeps for spatial verification, and how to get them.
 
     ``mode`` is ``"words"`` when the embedder is a BoVW model (its visual words, one per key
-    point, are the tentative matches: only key points and words are stored) and
+    point, are the tentative matches: only key points and words are stored),
+    ``"words+desc"`` for a BoVW model whose pairs of equal words must also agree by their
+    descriptors (mutual nearest neighbours passing a ratio test: stores descriptors too), and
     ``"ratio"`` otherwise (a local detector's descriptors are stored and matched with
     Lowe's ratio test); ``own`` says the embedder's own local features are used.
     """
@@ -102,12 +104,19 @@ class SVFeatures:
         self.own = own
         self._extractor: Any = None
 
+    @property
+    def uses_words(self) -> bool:
+        return self.mode in ("words", "words+desc")
+
     @classmethod
-    def for_embedder(cls, embedder: Embedder, detector: str | None) -> SVFeatures:
+    def for_embedder(cls, embedder: Embedder, detector: str | None,
+                     matcher: str = "words") -> SVFeatures:
         from .embedders.classical import BoVWEmbedder, LocalFeatureEmbedder
 
+        if matcher not in ("words", "words+desc"):
+            raise ValueError(f"sv_matcher must be 'words' or 'words+desc', got {matcher!r}")
         if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
-            return cls("words", embedder.detector, embedder.n_features, True)
+            return cls(matcher, embedder.detector, embedder.n_features, True)
         own = isinstance(embedder, LocalFeatureEmbedder) or (
             getattr(embedder, "local_features", False) and hasattr(embedder, "detector"))
         if own and detector in (None, getattr(embedder, "detector", None)):
@@ -244,7 +253,7 @@ def run_chunk(job: Job, tasks: Sequence[Task]) -> list[Item]:
             try:
                 items[i].keypoints = job.sv.features(feats, by_item.get(i), tasks[i][1],
                                                      job.max_side)
-                if job.sv.mode == "words":
+                if job.sv.uses_words:
                     items[i].words = reduced[i]
             except Exception as exc:
                 items[i].error = f"cannot extract key points from {tasks[i][1]}: {exc}"

@@ -33,7 +33,7 @@ BBox = tuple[float, float, float, float]
 __all__ = ["RERANK_STEPS", "Hit", "Retriever", "check_k", "parse_rerank",
            "read_bundle_manifest"]
 _OPTIONS = ("pca_whiten", "whiten_shrinkage", "dba", "rerank", "qe_k", "qe_alpha",
-            "store_features", "sv_detector", "sv_top", "sv_min_inliers")
+            "store_features", "sv_detector", "sv_top", "sv_min_inliers", "sv_matcher")
 
 
 def read_bundle_manifest(root: Path) -> dict[str, Any]:
@@ -82,6 +82,9 @@ class Retriever(BundleWriting):
         Keep key points for spatial verification (implied by ``"sv"``).
     sv_detector, sv_top, sv_min_inliers
         Verification detector (default the embedder's own), results verified, inliers needed.
+    sv_matcher : {'words', 'words+desc'}, default 'words'
+        BoVW verification: pairs of equal words, or those pairs whose descriptors also
+        agree (more robust on harsh copies; the bundle keeps the descriptors, ~50 kB/image).
     feature_cache : path, optional
         Share extracted local features between embedders by image content hash.
     lock_timeout : float, default 3600
@@ -122,6 +125,7 @@ class Retriever(BundleWriting):
         sv_detector: str | None = None,
         sv_top: int = 100,
         sv_min_inliers: int = 12,
+        sv_matcher: str = "words",
         feature_cache: str | os.PathLike | None = None,
         lock_timeout: float = 3600.0,
         reuse_vectors: bool = True,
@@ -148,6 +152,7 @@ class Retriever(BundleWriting):
         self.sv_detector = sv_detector
         self.sv_top = int(sv_top)
         self.sv_min_inliers = int(sv_min_inliers)
+        self.sv_matcher = sv_matcher
         self.feature_cache = feature_cache
         self.lock_timeout = float(lock_timeout)
         self.reuse_vectors = bool(reuse_vectors)
@@ -178,7 +183,7 @@ class Retriever(BundleWriting):
     @property
     def sv_features(self) -> SVFeatures:
         """Which key points are kept for spatial verification, and how to extract them."""
-        return SVFeatures.for_embedder(self.embedder, self.sv_detector)
+        return SVFeatures.for_embedder(self.embedder, self.sv_detector, self.sv_matcher)
 
     def finish_vectors(self, reduced: Sequence[Any]) -> Any:
         """Query/database vectors (stacked) of reduced per-image results."""
@@ -231,7 +236,7 @@ class Retriever(BundleWriting):
             "dba": self.dba, "rerank": list(self.rerank), "qe_k": self.qe_k,
             "qe_alpha": self.qe_alpha, "store_features": self.store_features,
             "sv_detector": self.sv_detector, "sv_top": self.sv_top,
-            "sv_min_inliers": self.sv_min_inliers,
+            "sv_min_inliers": self.sv_min_inliers, "sv_matcher": self.sv_matcher,
             "sv_features": self.sv_features.config() if self.store_features else None,
         }
 
@@ -260,7 +265,7 @@ class Retriever(BundleWriting):
     def _check_sparse_options(self) -> None:
         if not self.sparse:
             return
-        if not hasattr(self.embedder, "encode_sparse"):
+        if not self.embedder.sparse_output or self.items:
             raise ValueError(
                 f"index 'sparse' needs sparse vectors (bovw features), not {self.embedder.name!r}: "
                 "use flat, ivf, pq, hnsw or lsh"

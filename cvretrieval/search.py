@@ -128,7 +128,7 @@ def search_images(ret: Any, queries: Sequence[Any], k: int, bboxes: Sequence[Any
         for qi, (q, bb) in enumerate(zip(queries, boxes, strict=True)):
             try:
                 f, r = query_features(ret, q, bb)
-                feats[qi] = (f, r if ret.sv_features.mode == "words" else None)
+                feats[qi] = (f, r if ret.sv_features.uses_words else None)
                 reduced[qi] = r
             except (ImageReadError, ValueError, OSError) as exc:
                 errors[qi] = str(exc)
@@ -172,7 +172,7 @@ def verify_and_expand(ret: Any, X: Any, k: int, steps: Sequence[str], queries: S
                 feats, words = query_feats[j]
             else:
                 feats, words = query_features(ret, query, bbox)
-                if ret.sv_features.mode != "words":
+                if not ret.sv_features.uses_words:
                     words = None
         except (ImageReadError, ValueError) as exc:  # the vector search still stands
             logger.warning("no spatial verification for query %d: %s", j, exc)

@@ -69,10 +69,9 @@ class BundleWriting:
         from .featurestore import FeatureStoreWriter
 
         sv = self.sv_features
-        words = sv.mode == "words"
         return lambda d: FeatureStoreWriter(d, max_keypoints=sv.n_features,
-                                            descriptors="none" if words else "auto",
-                                            words=words, meta=sv.config())
+                                            descriptors="none" if sv.mode == "words" else "auto",
+                                            words=sv.uses_words, meta=sv.config())
 
     def has_features(self, vector: Any) -> bool:
         """An image whose vector is all zero (or whose item the embedder says is empty)

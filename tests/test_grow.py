@@ -342,3 +342,24 @@ def test_whitening_learned_on_a_separate_set(tmp_path):
     assert Retriever.load(tmp_path / "b").dim == 8
     with pytest.raises(ValueError, match="--pca-whiten"):
         Retriever("hog", whiten_on=tmp_path / "train").build(gallery, output=tmp_path / "x")
+
+
+def test_verification_with_words_and_descriptors(tmp_path):
+    import cv2
+
+    from cvretrieval.embedders import make_embedder
+
+    paths = _write_images(tmp_path / "imgs", range(10), size=(240, 320))
+    copy = tmp_path / "copy.png"
+    img = cv2.imread(str(paths[4]))
+    h, w = img.shape[:2]
+    rot = cv2.warpAffine(img, cv2.getRotationMatrix2D((w / 2, h / 2), 12, 0.9), (w, h))
+    cv2.imwrite(str(copy), rot)
+    emb = make_embedder("bovw-orb", n_words=16)
+    ret = Retriever(emb, n_jobs=1, rerank=["sv"], sv_matcher="words+desc").build(
+        paths, output=tmp_path / "b")
+    store = ret.feature_store()
+    assert store.has_words and store.has_descriptors
+    back = Retriever.load(tmp_path / "b")
+    assert back.sv_matcher == "words+desc"
+    assert back.search(copy, k=3)[0].path == str(paths[4].resolve())

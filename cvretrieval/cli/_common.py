@@ -144,6 +144,10 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Database-side augmentation with K neighbours (0 = off)."),
         click.option("--rerank", default=None, metavar="STEPS",
                      help="Re-ranking: sv (spatial verification), qe (query expansion), sv,qe."),
+        click.option("--sv-matcher", type=click.Choice(["words", "words+desc"]),
+                     default="words", show_default=True,
+                     help="BoVW verification: equal words, or equal words whose descriptors "
+                          "also agree (stores descriptors)."),
         click.option("--qe-k", type=click.IntRange(0), default=5, show_default=True,
                      help="Top results that expand a query."),
         click.option("--qe-alpha", type=float, default=3.0, show_default=True,
