@@ -189,3 +189,18 @@ def test_a_store_without_key_points_opens(tmp_path):
     kp, desc, words = store.get(1)
     assert len(store) == 2 and kp.shape == (0, 2) and words.shape == (0,)
     assert desc.shape[0] == 0
+
+
+def test_signed_descriptors_are_kept_as_float16_not_clipped(tmp_path):
+    from cvretrieval.features.local import LocalFeatures
+    from cvretrieval.featurestore import FeatureStore, FeatureStoreWriter
+
+    rng = np.random.default_rng(0)
+    desc = rng.standard_normal((5, 8)).astype(np.float32)  # like SuperPoint's
+    f = LocalFeatures(rng.random((5, 2)).astype(np.float32) * 50, desc,
+                      np.ones(5, np.float32), np.zeros(5, np.float32), (64, 64))
+    with FeatureStoreWriter(tmp_path / "s") as w:
+        w.append(f)
+    got = FeatureStore.open(tmp_path / "s").get_descriptors(0)
+    assert (got < 0).any()  # the sign survives (uint8 would have clipped it to 0)
+    np.testing.assert_allclose(got.astype(np.float32), desc, atol=1e-2)

@@ -230,6 +230,10 @@ class FeatureStoreWriter:
         dim = int(desc.shape[1])
         if self._binary is None:
             self._binary, self._dim = binary, dim
+            if not binary and self.descriptors == "auto" and desc.size and float(desc.min()) < 0:
+                # signed descriptors (SuperPoint, DELF, ...) would lose their sign in uint8
+                self.descriptors = "float16"
+                logger.info("signed float descriptors: stored as float16")
             if binary and self.descriptors == "float16":
                 logger.info(
                     "binary descriptors are stored as uint8 (float16 applies to float ones)"
