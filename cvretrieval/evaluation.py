@@ -104,13 +104,9 @@ def _resolved(path: str | Path) -> str:
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return None
-    return tqdm(total=total, unit="query", desc="evaluate", disable=None)
+    from ._progress import progress_bar
+
+    return progress_bar(total=total, unit="query", desc="evaluate", enabled=progress)
 
 
 def _batch_rows(batch_size: int, width: int, max_block: int) -> int:
@@ -227,7 +223,7 @@ def evaluate(
     ks : sequence of int
         Cut-offs for P@k, R@k and mAP@k (see :func:`compute_metrics`).
     progress : bool or None
-        Show a progress bar (tqdm, when installed and stderr is a terminal).
+        Show a progress bar (when standard error is a terminal; True always, False never).
     batch_size : int
         Most queries per ``search_many`` call.
     pr_points : int
@@ -318,12 +314,10 @@ def evaluate(
             for i, row in enumerate(ids):
                 scorer.add_ranking(start + i, id2im[row[row >= 0]], failed=start + i in bad_set)
             del ids
-            if bar is not None:
-                bar.update(stop - start)
+            bar.update(stop - start)
             logger.debug("searched and scored queries %d..%d of %d", start, stop, nq)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if failed:
         logger.warning("%d of %d queries failed and count as AP 0", len(failed), nq)
     return _report(scorer, sorted(failed), dataset, config=retriever.config(), k=k, seconds=seconds)
@@ -434,11 +428,9 @@ def evaluate_vectors(
         for start in range(0, xq.shape[0], step):
             block = xq[start : start + step]
             scorer.add_scores(start, vector_scores(block, xb, metric, nb), k=k)
-            if bar is not None:
-                bar.update(block.shape[0])
+            bar.update(block.shape[0])
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     seconds = time.perf_counter() - t0
     config = {"vectors": source or "arrays", "metric": metric, "dim": int(d), "index": "Flat"}
     return _report(scorer, [], dataset, config=config, k=k, seconds=seconds)

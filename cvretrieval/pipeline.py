@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from tqdm.auto import tqdm
 
+from ._progress import progress_bar
 from .embedders import Embedder
 from .errors import ImageReadError
 from .features.local import LocalFeatures, load_features, save_features
@@ -282,10 +282,6 @@ def n_workers(n_jobs: int | None) -> int:
     return max(1, (os.cpu_count() or 1) + 1 + n_jobs) if n_jobs < 0 else int(n_jobs)
 
 
-def show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else bool(progress)
-
-
 class Pipeline:
     """Map images through workers, yielding :class:`Item` objects in input order.
 
@@ -331,8 +327,7 @@ class Pipeline:
                 wjob = Job(**{**job.__dict__, "in_worker": True})
                 results = Parallel(n_jobs=workers, return_as="generator")(
                     delayed(run_chunk)(wjob, c) for c in chunks)
-        with tqdm(total=len(tasks), desc=desc, unit="img",
-                  disable=not show_progress(progress)) as bar:
+        with progress_bar(total=len(tasks), desc=desc, unit="img", enabled=progress) as bar:
             for chunk_items in results:
                 bar.update(len(chunk_items))
                 yield from chunk_items

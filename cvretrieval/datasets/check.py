@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from cvretrieval._progress import progress_bar
 from cvretrieval.errors import ImageReadError
 
 from .base import FILE_PROBLEMS, RetrievalDataset, file_kind
@@ -146,8 +146,7 @@ def check_dataset(
     unreadable: list[dict[str, str]] = []
     readable: set[str] = set()
     by_hash: dict[str, list[str]] = defaultdict(list)
-    show = progress is None or bool(progress)
-    with tqdm(total=len(files), unit="file", desc="check", disable=None if show else True) as bar:
+    with progress_bar(total=len(files), unit="file", desc="check", enabled=progress) as bar:
         for rel, in_gallery in files.items():
             bar.update(1)
             full = ds.root / rel

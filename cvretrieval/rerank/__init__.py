@@ -17,13 +17,7 @@ _MODULES = ("qe", "spatial")
 
 
 def _public(module: str) -> list[str]:
-    try:
-        mod = import_module(f".{module}", __name__)
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{module}":  # module not written (yet)
-            return []
-        raise
-    return list(getattr(mod, "__all__", []))
+    return list(getattr(import_module(f".{module}", __name__), "__all__", []))
 
 
 def __getattr__(name: str) -> Any:
