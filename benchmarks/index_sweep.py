@@ -185,6 +185,22 @@ def run_preset(name: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, k: 
     return rows
 
 
+def report() -> str:
+    """One markdown table per saved sweep (``--report``): every measured setting."""
+    import json
+
+    cols = ["preset", "factory", "setting", "recall@10", "latency_ms", "build_s",
+            "bytes_per_vector"]
+    parts = []
+    for path in sorted(OUT.glob("index_sweep_*.json"), key=lambda p: int(p.stem.split("_")[-1])):
+        doc = json.loads(path.read_text())
+        order = {name: i for i, name in enumerate(PRESETS)}
+        rows = sorted(doc["rows"], key=lambda r: order.get(r["preset"], 99))
+        parts.append(f"**N = {int(path.stem.split('_')[-1]):,}** ({path.name})\n\n"
+                     + markdown_table(rows, cols))
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="base vectors")
@@ -193,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=Path, default=SHARED / "datasets" / "caltech101-dev")
     ap.add_argument("--threads", type=int, default=2, help="Faiss threads to train and add")
     ap.add_argument("--cache", type=Path, default=OUT / "index_sweep")
+    ap.add_argument("--report", action="store_true", help="only print the saved tables")
     args = ap.parse_args(argv)
+    if args.report:
+        sys.stdout.write(report() + "\n")
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     k = 10
     xb, xq = extract(args.images, args.n, args.queries, args.cache)

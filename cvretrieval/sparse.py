@@ -286,12 +286,12 @@ class SparseIndex:
 
     def remove_ids(self, ids: Any) -> int:
         """Drop the rows with these ids; returns how many were removed (unknown ids ignored)."""
-        self._consolidate()
+        xb = self._consolidate()
         gone = np.isin(self.ids_, _as_ids(ids, None))
         count = int(gone.sum())
         if count:
             keep = np.flatnonzero(~gone)
-            self.xb_ = sp.csr_matrix(self.xb_[keep], dtype=np.float32)
+            self.xb_ = sp.csr_matrix(xb[keep], dtype=np.float32)
             self.ids_ = self.ids_[keep]
             self._inverted = None
         return count
