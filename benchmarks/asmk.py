@@ -2,10 +2,10 @@
 
 Copy set (built here from ``../shared`` photos with :mod:`cvretrieval.copies` attacks at
 harsh parameters): originals = the first photo of each ukbench-56 group plus caltech101-dev
-photos; each original gets two attacked copies (queries) drawn from
-downscale 0.45-0.65 + JPEG 12-25, crop keeping 55-75 % of the area, rotation 10-30 deg,
-perspective 0.15-0.25, photometric, each followed by JPEG 20-40; the gallery holds the
-originals and caltech distractors. A query's only relevant image is its original
+photos; each original gets two attacked copies (queries), with two different ones of
+crop keeping 55-75 % of the area / rotation 6-30 deg / perspective 0.15-0.25, then
+photometric changes half of the time, then always a 0.45-0.65 downscale and JPEG quality
+12-25; the gallery holds the originals and caltech distractors. A query's only relevant image is its original
 (AP = 1 / rank). ukbench-56: every photo queries all 56, N-S = mean hits in the top 4.
 
 Run (about 6 minutes on 2 busy cores)::
@@ -34,26 +34,25 @@ from cvretrieval.io import list_images, read_image  # noqa: E402
 
 
 def harsh_copy(image: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
-    if kind == "scale-jpeg":
-        f = rng.uniform(0.45, 0.65)
-        h, w = image.shape[:2]
-        small = cv2.resize(image, (max(8, int(w * f)), max(8, int(h * f))),
-                           interpolation=cv2.INTER_AREA)
-        return copies.attack_jpeg(small, rng, quality=(12, 25))
+    """One geometric attack (``kind``), photometric half of the time, then always a
+    0.45-0.65 downscale and JPEG quality 12-25."""
     if kind == "crop":
         out = copies.attack_crop(image, rng, keep=(0.55, 0.75))
     elif kind == "rotate":
-        out = copies.attack_rotate(image, rng, max_angle=30.0)
-        if min(out.shape[:2]) < 8:
+        out = copies.attack_rotate(image, rng, max_angle=30.0)  # 6-30 deg, cropped
+        if min(out.shape[:2]) < 16:
             out = image
-    elif kind == "perspective":
-        out = copies.attack_perspective(image, rng, strength=float(rng.uniform(0.15, 0.25)))
     else:
-        out = copies.attack_photometric(image, rng)
-    return copies.attack_jpeg(out, rng, quality=(20, 40))
+        out = copies.attack_perspective(image, rng, strength=float(rng.uniform(0.15, 0.25)))
+    if rng.random() < 0.5:
+        out = copies.attack_photometric(out, rng)
+    f = rng.uniform(0.45, 0.65)
+    h, w = out.shape[:2]
+    out = cv2.resize(out, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+    return copies.attack_jpeg(out, rng, quality=(12, 25))
 
 
-KINDS = ("scale-jpeg", "crop", "rotate", "perspective", "photometric")
+KINDS = ("crop", "rotate", "perspective")
 
 
 def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):

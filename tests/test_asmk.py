@@ -100,8 +100,8 @@ def test_index_scores_by_hand():
     b = _codes([0, 2], [0b00000011, 0b00000000])
     c = _codes([2], [0b11111111])
     idx.add_with_ids([a, b, c], [7, 8, 9])
-    # df = (2, 1, 2), N = 3: w = ln(4/3)+1, ln(2)+1, ln(4/3)+1
-    w0, w1, w2 = np.log(4 / 3) + 1, np.log(2) + 1, np.log(4 / 3) + 1
+    # df = (2, 1, 2), N = 3: w = ln(4/2), ln(4/1), ln(4/2)
+    w0, w1, w2 = np.log(2), np.log(4), np.log(2)
     d, i = idx.search([a], 3)
     # a vs b: word 0, h = 2 -> u = 1 - 4/8 = 0.5; gamma(a) = (w0+w1)^-1/2, gamma(b) = (w0+w2)^-1/2
     expected_ab = w0 * 0.5 / np.sqrt((w0 + w1) * (w0 + w2))
