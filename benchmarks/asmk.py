@@ -6,7 +6,8 @@ photos; each original gets two attacked copies (queries), with two different one
 crop keeping 55-75 % of the area / rotation 6-30 deg / perspective 0.15-0.25, then
 photometric changes half of the time, then always a 0.45-0.65 downscale and JPEG quality
 12-25; the gallery holds the originals and caltech distractors. A query's only relevant
-image is its original (AP = 1 / rank). ukbench-56: every photo queries all 56, N-S = mean hits in the top 4.
+image is its original (AP = 1 / rank). ukbench-56: every photo queries all 56,
+N-S = mean hits in the top 4.
 
 Run (about 6 minutes on 2 busy cores)::
 

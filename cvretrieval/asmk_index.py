@@ -12,8 +12,9 @@ it does Faiss vectors; only the scoring differs (not a dot product of fixed vect
 
 with ``w_c = ln((1 + N) / df_c)`` (smoothed IDF over the indexed images, never zero, as
 :func:`cvretrieval.features.bovw.idf_weights`) and
-``gamma(X) = (sum_{c in X} w_c) ** -1/2``, so that ``S(X, X) = 1`` is the maximum. The IDF follows the collection: it is recomputed (one pass over the postings)
-on the first search after images were added or removed.
+``gamma(X) = (sum_{c in X} w_c) ** -1/2``, so that ``S(X, X) = 1`` is the maximum.
+The IDF follows the collection: it is recomputed (one pass over the postings) on the
+first search after images were added or removed.
 
 Memory: one posting per (image, distinct word): ``n_bits / 8`` bytes of code + 4 bytes
 of internal image number, i.e. about ``20 * W`` bytes per image for 128-bit codes and
