@@ -89,11 +89,12 @@ def ns_score(ranked: np.ndarray) -> float:
 
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "bovw-sift (old defaults: 6 it, 100k)": dict(detector="sift"),
-    "bovw-rootsift (6 it, 100k)": dict(detector="rootsift"),
-    "bovw-rootsift 20 it, 100k": dict(detector="rootsift", niter=20),
-    "bovw-rootsift 6 it, 200k": dict(detector="rootsift", max_descriptors=200_000),
-    "bovw-rootsift 20 it, 200k": dict(detector="rootsift", niter=20, max_descriptors=200_000),
+    "bovw-sift (old defaults: 6 it, 100k)": dict(detector="sift", niter=6,
+                                                 max_descriptors=100_000),
+    "bovw-rootsift (6 it, 100k)": dict(detector="rootsift", niter=6, max_descriptors=100_000),
+    "bovw-rootsift 20 it, 100k": dict(detector="rootsift", niter=20, max_descriptors=100_000),
+    "bovw-rootsift 6 it, 200k": dict(detector="rootsift", niter=6, max_descriptors=200_000),
+    "bovw (new defaults: rootsift, 20 it, 200k)": dict(detector="rootsift"),
 }
 
 

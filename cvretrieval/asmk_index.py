@@ -10,10 +10,11 @@ it does Faiss vectors; only the scoring differs (not a dot product of fixed vect
 
 ``S(X, Y) = gamma(X) gamma(Y) sum_{c in X & Y} w_c sigma_alpha(1 - 2 h(b_Xc, b_Yc) / B)``
 
-with ``w_c = ln((1 + N) / (1 + df_c)) + 1`` (smoothed IDF over the indexed images, never
-zero) and ``gamma(X) = (sum_{c in X} w_c) ** -1/2``, so that ``S(X, X) = 1`` is the
-maximum. The IDF follows the collection: it is recomputed (one pass over the postings)
-on the first search after images were added or removed.
+with ``w_c = ln((1 + N) / df_c)`` (smoothed IDF over the indexed images, never zero, as
+:func:`cvretrieval.features.bovw.idf_weights`) and
+``gamma(X) = (sum_{c in X} w_c) ** -1/2``, so that ``S(X, X) = 1`` is the maximum.
+The IDF follows the collection: it is recomputed (one pass over the postings) on the
+first search after images were added or removed.
 
 Memory: one posting per (image, distinct word): ``n_bits / 8`` bytes of code + 4 bytes
 of internal image number, i.e. about ``20 * W`` bytes per image for 128-bit codes and
@@ -263,7 +264,7 @@ class AsmkIndex:
             ptr, img, _ = self._consolidate()
             df = np.diff(ptr).astype(np.float64)
             n = max(self.ntotal, 1)
-            idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+            idf = np.log((1.0 + n) / np.maximum(df, 1.0))
             word_of = np.repeat(np.arange(self.n_words), np.diff(ptr))
             mass = np.bincount(img, weights=idf[word_of], minlength=len(self._ids))
             gamma = np.where(mass > 0, 1.0 / np.sqrt(np.maximum(mass, 1e-30)), 0.0)

@@ -100,8 +100,8 @@ def test_index_scores_by_hand():
     b = _codes([0, 2], [0b00000011, 0b00000000])
     c = _codes([2], [0b11111111])
     idx.add_with_ids([a, b, c], [7, 8, 9])
-    # df = (2, 1, 2), N = 3: w = ln(4/3)+1, ln(2)+1, ln(4/3)+1
-    w0, w1, w2 = np.log(4 / 3) + 1, np.log(2) + 1, np.log(4 / 3) + 1
+    # df = (2, 1, 2), N = 3: w = ln(4/2), ln(4/1), ln(4/2)
+    w0, w1, w2 = np.log(2), np.log(4), np.log(2)
     d, i = idx.search([a], 3)
     # a vs b: word 0, h = 2 -> u = 1 - 4/8 = 0.5; gamma(a) = (w0+w1)^-1/2, gamma(b) = (w0+w2)^-1/2
     expected_ab = w0 * 0.5 / np.sqrt((w0 + w1) * (w0 + w2))
@@ -185,3 +185,19 @@ def test_hnsw_assignment_matches_exact_on_a_small_vocabulary(make_textured):
     # HNSW over 128 centres with ef_search 64 is exact in practice
     np.testing.assert_array_equal(a.words, b.words)
     np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_external_vocabulary_still_learns_the_medians(make_textured, tmp_path):
+    from cvretrieval.embedders import make_embedder
+    from cvretrieval.features.vocabulary import save_vocabulary
+
+    first = make_embedder("asmk", n_words=32, n_features=200)
+    feats = [first.extract(make_textured(i)) for i in range(5)]
+    first.fit(feats)
+    save_vocabulary(first.vocabulary_, tmp_path / "v")
+    emb = make_embedder("asmk", n_words=999, n_features=200, vocabulary=str(tmp_path / "v"))
+    assert emb.needs_fit and emb.n_fit_images(10_000) > 1  # medians need a sample
+    emb.fit(feats)
+    assert emb.n_words == 32
+    np.testing.assert_array_equal(emb.vocabulary_.centers_, first.vocabulary_.centers_)
+    np.testing.assert_allclose(emb.he_.medians_, first.he_.medians_)

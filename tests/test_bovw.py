@@ -85,11 +85,11 @@ def test_idf_by_hand():
 
 
 def test_smoothed_idf_by_hand_never_zero():
-    # issue 13: ln(N/df) gives 0 to a word in every image; the default is
-    # scikit-learn's smooth_idf, ln((1 + N) / (1 + df)) + 1
+    # issue 13: ln(N/df) gives 0 to a word in every image; the default ln((1 + N) / df)
+    # never does (ln(1 + N) for a word in no image)
     idf = idf_weights(np.array([2, 1, 1, 2, 0, 3]), 3)
-    expected = [math.log(4 / 3) + 1, math.log(2) + 1, math.log(2) + 1, math.log(4 / 3) + 1,
-                math.log(4) + 1, 1.0]
+    expected = [math.log(4 / 2), math.log(4), math.log(4), math.log(4 / 2), math.log(4),
+                math.log(4 / 3)]
     np.testing.assert_allclose(idf, expected, rtol=1e-6)
     assert (idf > 0).all()
 

@@ -66,3 +66,23 @@ def test_init_reads_no_vocabulary(tmp_path):
     emb = BoVWEmbedder(detector="orb", vocabulary=str(tmp_path / "absent"))
     assert emb.needs_fit and emb.vocabulary_ is None
     assert emb.n_fit_images(1000) == 1
+
+
+def test_defaults_match_the_straightforward_baseline():
+    # issue 15.3, measured in benchmarks/bovw_baseline.py: RootSIFT, 20 k-means
+    # iterations on a 200k-descriptor sample equal the Faiss baseline
+    emb = BoVWEmbedder()
+    assert emb.detector == "rootsift" and emb.max_descriptors == 200_000
+    assert emb.default_kmeans_niter == 20 and emb.niter is None
+
+
+def test_niter_reaches_the_vocabulary(make_textured):
+    emb = BoVWEmbedder(detector="sift", n_features=200, n_words=16, niter=3)
+    emb.fit([emb.extract(make_textured(i)) for i in range(3)])
+    assert emb.vocabulary_.niter == 3
+    default = BoVWEmbedder(detector="sift", n_features=200, n_words=16)
+    default.fit([default.extract(make_textured(i)) for i in range(3)])
+    assert default.vocabulary_.niter == 20
+    orb = BoVWEmbedder(detector="orb", n_features=200, n_words=16)
+    orb.fit([orb.extract(make_textured(i)) for i in range(3)])
+    assert orb.vocabulary_.niter == 10  # k-majority keeps its own default

@@ -132,6 +132,10 @@ class ASMKEmbedder(LocalFeatureEmbedder):
     def needs_fit(self) -> bool:
         return self.vocabulary_ is None or self.he_ is None
 
+    def n_fit_images(self, n_total: int) -> int:
+        # the Hamming embedding's medians are learned even with an external vocabulary
+        return min(n_total, max(50, -(-2 * int(self.max_descriptors) // max(self.n_features, 1))))
+
     def make_index(self) -> AsmkIndex:
         """An empty :class:`AsmkIndex` matching this embedder."""
         return AsmkIndex(int(self.n_words), int(self.n_bits), float(self.alpha), float(self.tau))

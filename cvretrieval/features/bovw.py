@@ -15,12 +15,14 @@ Choices
 * ``sublinear=True`` replaces a count ``tf > 0`` by ``1 + ln(tf)`` (the
   classical sublinear tf of Manning et al. [2]_ and scikit-learn's
   ``sublinear_tf``), which damps bursts of repeated words [3]_.
-* ``idf`` is **smoothed** by default, as scikit-learn's ``smooth_idf``:
-  ``ln((1 + N) / (1 + df)) + 1``, never zero. The raw ``ln(N / df)`` of [1]_
-  (``smooth=False``) gives 0 to a word present in every image, so a vocabulary
-  too small for its collection (32 words on 30 images) turns every vector into
-  zeros and every score into 0: search then ranks in arbitrary order and an
-  evaluation reports a meaningless figure without a word (issue 13).
+* ``idf`` is **smoothed** by default: ``ln((1 + N) / df)`` (``ln(1 + N)`` for a word in
+  no image), never zero. The raw ``ln(N / df)`` of [1]_ (``smooth=False``) gives 0 to a
+  word present in every image, so a vocabulary too small for its collection (32 words on
+  30 images) turns every vector into zeros and every score into 0: search then ranks in
+  arbitrary order and an evaluation reports a meaningless figure without a word (issue 13).
+  scikit-learn's ``smooth_idf`` (``ln((1 + N) / (1 + df)) + 1``) also avoids zeros, but
+  its ``+ 1`` flattens the weights: ukbench-56 N-S 3.917 against 3.952 for both
+  ``ln(N / df)`` and ``ln((1 + N) / df)`` (RootSIFT, 1000 words, mean of 3 seeds).
   :func:`vocabulary_warning` says when a vocabulary is that small.
 
 References
@@ -186,9 +188,9 @@ def idf_weights(
     n_docs : int
         Number of images the frequencies were counted on (``N``).
     smooth : bool, default True
-        ``ln((1 + N) / (1 + df)) + 1`` (scikit-learn's ``smooth_idf``): never zero, so a
-        word present in every image still counts (weight 1). ``False``: ``ln(N / df)``
-        of [1]_, 0 where ``df == N`` and where ``df == 0``.
+        ``ln((1 + N) / max(df, 1))``: never zero, so a word present in every image still
+        counts (``ln(1 + 1/N)``), otherwise close to [1]_. ``False``: ``ln(N / df)`` of
+        [1]_, 0 where ``df == N`` and where ``df == 0``.
 
     Returns
     -------
@@ -198,8 +200,8 @@ def idf_weights(
     --------
     >>> idf_weights(np.array([1, 2, 4, 0]), 4, smooth=False).round(4)
     array([1.3863, 0.6931, 0.    , 0.    ], dtype=float32)
-    >>> idf_weights(np.array([4]), 4).tolist()
-    [1.0]
+    >>> idf_weights(np.array([4, 1]), 4).round(4)
+    array([0.2231, 1.6094], dtype=float32)
     """
     df = np.asarray(df)
     n_docs = int(n_docs)
@@ -214,7 +216,7 @@ def idf_weights(
         )
     dff = df.astype(np.float64)
     if smooth:
-        return (np.log((1.0 + n_docs) / (1.0 + dff)) + 1.0).astype(np.float32)
+        return np.log((1.0 + n_docs) / np.maximum(dff, 1.0)).astype(np.float32)
     idf = np.zeros(df.shape, dtype=np.float64)
     seen = df > 0
     idf[seen] = np.log(n_docs / dff[seen])
