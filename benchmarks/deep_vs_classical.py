@@ -2,6 +2,8 @@
 
     python benchmarks/deep_vs_classical.py
     python benchmarks/deep_vs_classical.py --features hog,mobilenet --siamese mobilenet-triplet
+    python benchmarks/deep_vs_classical.py --features mobilenet \
+        --siamese mobilenet-triplet,mobilenet-lw --no-speed
 
 Protocol. Caltech-101 (``../shared/datasets/caltech101-dev``) is split by class with
 ``--random-state``: half of the classes are *seen*, the other half *unseen*. Siamese heads
@@ -51,12 +53,14 @@ SIAMESE = {
     "mobilenet-contrastive": ("mobilenet", {"loss": "contrastive"}),
     "hog-triplet": ("hog", {"loss": "triplet"}),
     "mobilenet-plain": ("mobilenet", {"loss": "triplet", "residual": False, "mix": 1.0}),
+    "mobilenet-lw": ("mobilenet", {"loss": "triplet", "init": "lw", "head": (1024, 512)}),
 }
 SIAMESE_NAMES = {
     "mobilenet-triplet": "MobileNet+Siamese (triplet)",
     "mobilenet-contrastive": "MobileNet+Siamese (contrastive)",
     "hog-triplet": "HOG+Siamese (triplet)",
     "mobilenet-plain": "MobileNet+plain MLP (triplet, reference)",
+    "mobilenet-lw": "MobileNet+Siamese (triplet, learned-whitening init)",
 }
 COLUMNS = ["features", "dim", "ukb mAP", "ukb N-S", "seen mAP", "seen P@10", "unseen mAP",
            "unseen P@10", "ms/img", "train s"]
