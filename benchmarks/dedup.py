@@ -12,12 +12,14 @@ Caltech-101 photos (``--photos``, default ``../shared/datasets/caltech101-dev``)
 JPEG; ``--strength harsh`` by default: 55-75 % crops, 10-30 degree rotations, every
 copy downscaled 0.45-0.65 and saved at JPEG quality 12-25) and ``--distractors`` other
 photos. The whole folder (originals, copies, distractors) is handed to each method.
-Photos of the class folders named by ``--exclude-classes`` (default ``Faces,dollar_bill``)
-are left out: Caltech-101's Faces folder is a few people each photographed many times
-in the same office, seconds apart, and its dollar_bill folder is one printed bill with
-different pictures pasted in; their photos are near-duplicates of one another, so they
-cannot be distractors (which by definition form no pair). ``--exclude-classes ''``
-keeps them.
+Photos of the class folders named by ``--exclude-classes`` (default
+``Faces,dollar_bill,yin_yang,watch``) are left out: in these folders the source photos
+are near-duplicates of one another (Faces: a few people photographed many times in the
+same office seconds apart; dollar_bill: one printed bill with pictures pasted in;
+yin_yang: the same symbol; watch: catalogue shots of the same dials), found by both
+methods in a first run, so they cannot be distractors (which by definition form no
+pair). ``--exclude-classes ''`` keeps them. The false pairs of every method are listed,
+as source photos, in the JSON output.
 
 A *true pair* is two images of the same original (the original and a copy, or two
 copies); distractors form no pair. For cvretrieval a found pair is two images in one
@@ -100,6 +102,21 @@ def score(found: set[frozenset[str]], truth: set[frozenset[str]]) -> dict[str, A
     }
 
 
+def false_pairs(found: set[frozenset[str]], truth: set[frozenset[str]],
+                root: Path) -> list[list[str]]:
+    """Found pairs that are not true, as the source photos they were made from."""
+    manifest = json.loads((root / "copies.json").read_text())
+    sources = {**manifest["query_sources"], **manifest["distractor_sources"]}
+
+    def source(path: str) -> str:
+        rel = Path(path).relative_to(root.resolve()).as_posix()
+        if rel not in sources:  # a copy: gallery/qNNNN_cK_attack.jpg
+            rel = f"queries/{Path(rel).name[:5]}.jpg"
+        return str(sources.get(rel, rel))
+
+    return sorted(sorted(source(p) for p in pair) for pair in found - truth)
+
+
 def run_ours(root: Path, features: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = find_duplicates(root, features, threshold=args.threshold, k=args.k,
@@ -146,7 +163,7 @@ def main() -> None:
                         help="imagededup's max_distance_threshold (its default: 10)")
     parser.add_argument("--imagededup-python",
                         default=os.environ.get("CVRET_IMAGEDEDUP_PYTHON", "/tmp/idd/bin/python"))
-    parser.add_argument("--exclude-classes", default="Faces,dollar_bill",
+    parser.add_argument("--exclude-classes", default="Faces,dollar_bill,yin_yang,watch",
                         help="comma-separated class folders whose photos are not used")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the set is written (default: a temporary folder)")
@@ -163,19 +180,21 @@ def main() -> None:
         make_copies(photos, root, n_queries=args.queries, n_distractors=args.distractors,
                     copies_per_query=4, seed=args.seed, strength=args.strength)
         truth, n_images = truth_pairs(root)
-        rows, details = [], {}
+        rows, details, wrong = [], {}, {}
         for features in [f.strip() for f in args.features.split(",") if f.strip()]:
             r = run_ours(root, features, args)
             row = {"method": f"cvret dedup --features {features}", **score(r["found"], truth),
                    "seconds": round(r["seconds"], 1)}
             rows.append(row)
             details[features] = r["config"]
+            wrong[features] = false_pairs(r["found"], truth, root)
             print(json.dumps(row), flush=True)
         ph = run_phash(root, args.imagededup_python, args.phash_threshold)
         if ph is not None:
             row = {"method": f"imagededup PHash (max_distance_threshold={args.phash_threshold})",
                    **score(ph["found"], truth), "seconds": round(ph["seconds"], 1)}
             rows.append(row)
+            wrong["phash"] = false_pairs(ph["found"], truth, root)
             print(json.dumps(row), flush=True)
     table = markdown_table(rows, ["method", "precision", "recall", "found_pairs", "seconds"])
     print(f"\n{n_images} images, {len(truth)} true pairs ({args.queries} originals x 4 "
@@ -183,7 +202,8 @@ def main() -> None:
     print(table)
     write_json(OUT / "dedup.json", {"args": {k: str(v) for k, v in vars(args).items()},
                                     "images": n_images, "true_pairs": len(truth), "rows": rows,
-                                    "configs": details, "machine": machine()})
+                                    "configs": details, "false_pairs": wrong,
+                                    "machine": machine()})
 
 
 if __name__ == "__main__":

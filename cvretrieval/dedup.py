@@ -321,9 +321,9 @@ def find_duplicates(
 
     best: dict[tuple[int, int], float] = {}
     kk = min(int(k) + 1, len(todo))
-    show = progress if progress is not None else None
+    bars_off = None if progress is None else not progress  # None: only on a terminal
     for start in tqdm(range(0, len(todo), int(batch_size)), desc="dedup search", unit="batch",
-                      disable=(show is False) or None, leave=False):
+                      disable=bars_off, leave=False):
         ids = todo[start : start + int(batch_size)]
         X, rows, errors = ret.embed_queries([catalog[c] for c in ids])
         for j, err in enumerate(errors):
@@ -348,7 +348,7 @@ def find_duplicates(
         verifier = _PairVerifier(_detector_of(features), sv_features, max_side, min_inliers)
         kept = []
         for (a, b), s in tqdm(pairs, desc="dedup verify", unit="pair",
-                              disable=(show is False) or None, leave=False):
+                              disable=bars_off, leave=False):
             if verifier.inliers(catalog[a], catalog[b]) >= min_inliers:
                 kept.append(((a, b), s))
         pairs = kept

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import textured_image
 
+from cvretrieval import attacks as copies_attacks
 from cvretrieval.copies import (
     ATTACKS,
     apply_attack,
@@ -22,7 +23,6 @@ from cvretrieval.copies import (
     attack_rotate,
     make_copies,
 )
-from cvretrieval import attacks as copies_attacks
 from cvretrieval.errors import DatasetError
 from cvretrieval.io import list_images, read_image
 
