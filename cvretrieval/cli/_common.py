@@ -117,7 +117,7 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-features", type=click.IntRange(1), default=None,
                      help="Key points per image (default 1000)."),
         click.option("--max-descriptors", type=click.IntRange(1), default=None,
-                     help="Descriptors sampled to fit the vocabulary (default 100000)."),
+                     help="Descriptors sampled to fit the vocabulary (default 200000)."),
         click.option("--vocab", "vocab_dir",
                      type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="Use a vocabulary built by `cvret vocab build`."),
