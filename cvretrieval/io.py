@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from cvretrieval import _files
+from cvretrieval._jpeg import decode_jpeg
 from cvretrieval._pixels import array_to_image, pil_to_array, to_uint8
 from cvretrieval.errors import ImageReadError
 
@@ -291,6 +292,10 @@ def _decode(
 ) -> NDArray[np.uint8]:
     if not data:
         raise ImageReadError(f"cannot read image {name}: empty (0 bytes); give an image file")
+    fast = decode_jpeg(data, max_side=max_side, grayscale=grayscale, draft=bbox is None,
+                       max_pixels=max_pixels)
+    if fast is not None:
+        return _finish(fast, name=name, max_side=max_side, bbox=bbox)
     try:
         im = Image.open(BytesIO(data))
     except Image.UnidentifiedImageError as err:
