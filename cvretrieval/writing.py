@@ -224,10 +224,9 @@ class BundleWriting:
         bundle = Bundle(root, {**manifest, "index": {"kind": self._index_kind(),
                                                       "dim": self._vector_dim(), "spec": ""}})
         if template is None:
-            needs = self.index_spec.lower() not in ("flat", "hnsw", "sparse")
-            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE if needs else 256,
-                                     self.random_state)
             total = sum(s.n for s in bundle.segments)
+            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE if self._trains(total)
+                                     else 256, self.random_state)
             template = self._new_index().train(sample, n_total=total)
             name = w.new_name("index", ".bin")
             template.save(root / name)
@@ -240,6 +239,19 @@ class BundleWriting:
         bb.build_shards(bundle.segments, template, transform=transform, only=only)
         return {"kind": self._index_kind(), "spec": self.index_spec,
                 "dim": self._vector_dim(), "template": name, "config": template.config()}
+
+    def _trains(self, total: int) -> bool:
+        """Whether the index needs a real training sample (Flat and HNSW, also when ``auto``
+        picks them, only read the dimension: drawing 256 MB of rows would be wasted)."""
+        if self.items or self.sparse:  # inverted files: nothing to learn
+            return False
+        from .index import needs_training
+
+        try:
+            return needs_training(self.index_spec, max(1, total), self._vector_dim(),
+                                  self.max_memory)
+        except ValueError:  # an invalid spec or budget: training says it, with the sample
+            return True
 
     def _manifest_base(self, root: Path, emb_dir: str, wh_dir: str | None,
                        cat_name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ __all__ = [
     "default_nprobe",
     "estimate_memory",
     "format_size",
+    "needs_training",
     "parse_size",
     "preset_nlist",
     "resolve_factory",
@@ -235,6 +236,23 @@ def resolve_factory(spec: str, n: int, d: int, *, n_train: int | None = None) ->
     factory = spec.strip()
     make_faiss_index(factory, d, "l2", spec, PRESETS)  # validate: ValueError naming the spec
     return factory
+
+
+def needs_training(spec: str, n: int, d: int, max_memory: Any = None) -> bool:
+    """Whether the index ``spec`` resolves to for ``n`` vectors of dimension ``d`` (under
+    ``max_memory`` for ``auto``) must be trained on a sample (IVF, PQ, OPQ, LSH) or only
+    reads the dimension (Flat, HNSW): a caller can skip drawing a training sample.
+
+    >>> needs_training("auto", 10_000, 128), needs_training("auto", 10**6, 128, "60M")
+    (False, True)
+    >>> needs_training("hnsw", 10, 8), needs_training("IVF16,Flat", 1000, 8)
+    (False, True)
+    """
+    if spec.strip().lower() == "auto":
+        factory = choose_index(n, d, max_memory=max_memory)[0]
+    else:
+        factory = resolve_factory(spec, n, d)
+    return not make_faiss_index(factory, d, "l2", spec, PRESETS).is_trained
 
 
 # --------------------------------------------------------------------------- auto
