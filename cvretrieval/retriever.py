@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .bundle import Bundle, read_manifest
+from .bundle.build import load_shards
 from .embedders import Embedder, load_embedder, make_embedder
 from .errors import BundleError, NotFittedError
 from .pipeline import Job, Pipeline, SVFeatures
@@ -368,18 +369,7 @@ class Retriever(BundleWriting):
         """Merge the shards of ``segments`` (default all) into ``index`` (default a new
         empty copy of the trained template) and take the removed images out."""
         segments = bundle.segments if segments is None else segments
-        for seg in segments:
-            shard = self._index_class().load(seg.shard_path)
-            if shard.ntotal != seg.n:
-                raise BundleError(f"{seg.shard_path} holds {shard.ntotal} vectors, the manifest "
-                                  f"says {seg.n}: the bundle is damaged; rebuild it")
-            if index is None:  # the first shard is the index as it is (an HNSW graph is
-                index = shard  # not built again); later ones are merged into it
-            else:
-                index.merge_from(shard)
-        if index is None:
-            index = self._index_class().load(bundle.root / bundle.manifest["index"]["template"])
-            index = index.empty_copy()
+        index = load_shards(bundle, segments, self._index_class(), index)
         removed = bundle.catalog.ids_with_status("removed")
         present = [removed[seg.positions(removed) >= 0] for seg in segments]
         removed = np.concatenate(present) if present else removed[:0]

@@ -237,8 +237,11 @@ class BundleWriting:
             transform = lambda X: bb.augment(bundle.segments, bundle.rows, X,  # noqa: E731
                                              self.dba, self.metric)
         bb.build_shards(bundle.segments, template, transform=transform, only=only)
-        return {"kind": self._index_kind(), "spec": self.index_spec,
-                "dim": self._vector_dim(), "template": name, "config": template.config()}
+        record = {"kind": self._index_kind(), "spec": self.index_spec,
+                  "dim": self._vector_dim(), "template": name, "config": template.config()}
+        if bb.shards_are_vectors(template, transform is not None):
+            record["shards"] = "vectors"
+        return record
 
     def _trains(self, total: int) -> bool:
         """Whether the index needs a real training sample (Flat and HNSW, also when ``auto``

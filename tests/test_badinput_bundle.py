@@ -90,11 +90,21 @@ def test_damaged_file_fails_with_one_line(pristine, tmp_path, name, how):
 
 
 @pytest.mark.parametrize("how", ["missing", "garbage"])
-def test_cli_on_a_damaged_bundle_prints_one_line(pristine, tmp_path, how):
+@pytest.mark.parametrize("index, name", [("flat", "vectors.npy"), ("hnsw", "index.bin")])
+def test_cli_on_a_damaged_bundle_prints_one_line(pristine, tmp_path, how, index, name):
+    """A flat index is read from the segment's vectors (no shard file); others from
+    their shard."""
     bundle, paths = pristine
     b = tmp_path / "b"
-    shutil.copytree(bundle, b)
-    _damage(b / "segments" / "000001" / "index.bin", how)
+    if index == "flat":
+        shutil.copytree(bundle, b)
+        assert not (b / "segments" / "000001" / "index.bin").exists()
+    else:
+        from cvretrieval.embedders import make_embedder
+
+        Retriever(make_embedder("bovw-orb", n_words=16), n_jobs=1, index=index).build(
+            paths, output=b)
+    _damage(b / "segments" / "000001" / name, how)
     r = cli_run("search", b, paths[0], ok=False)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output

@@ -363,3 +363,28 @@ def test_verification_with_words_and_descriptors(tmp_path):
     back = Retriever.load(tmp_path / "b")
     assert back.sv_matcher == "words+desc"
     assert back.search(copy, k=3)[0].path == str(paths[4].resolve())
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_flat_bundle_reads_its_vectors_and_finds_exact_neighbours(photos, tmp_path, index):
+    """An exact Flat bundle keeps one copy of its vectors (no index.bin shard); grown and
+    loaded again, its search equals brute force over the stored vectors."""
+    import faiss
+
+    ret = Retriever("hog", n_jobs=1, index=index).build(photos[:12], output=tmp_path / "b")
+    ret.add(photos[12:20])
+    ret.remove([photos[5]])
+    shards = sorted((tmp_path / "b" / "segments").glob("*/index.bin"))
+    assert (shards == []) == (index == "flat")
+    again = Retriever.load(tmp_path / "b")
+    X, _, _ = again.embed_queries(photos[20:24])
+    D, I = again.search_vectors(X, 5)  # noqa: E741
+    ids = np.concatenate([s.ids for s in again.bundle_.segments])
+    V = np.concatenate([np.asarray(again.bundle_.rows(s.ids)) for s in again.bundle_.segments])
+    live = ~np.isin(ids, again.bundle_.catalog.ids_with_status("removed"))
+    assert live.sum() == 19
+    _, P = faiss.knn(X, V[live], 5, metric=faiss.METRIC_INNER_PRODUCT)
+    if index == "flat":
+        np.testing.assert_array_equal(I, ids[live][P])
+    else:  # 19 vectors: the graph search is exact too
+        assert (I[:, 0] == ids[live][P][:, 0]).all()

@@ -182,6 +182,48 @@ def augment(segments: Sequence[Segment], rows_of: Callable[[NDArray[np.int64]], 
     return database_augmentation(both, k=k, metric=metric)[: len(X)]
 
 
+def shards_are_vectors(template: Any, transformed: bool) -> bool:
+    """Whether an index shard would only repeat the segment's vectors (an exact ``Flat``
+    index over untransformed rows): such a bundle writes no ``index.bin`` and fills the
+    index from ``vectors.npy`` when it loads (:func:`shard_from_vectors`), which halves
+    its bytes on disk and saves writing every vector twice."""
+    return not transformed and getattr(template, "factory_", None) == "Flat"
+
+
+def shard_from_vectors(segment: Segment, template: Any) -> Any:
+    """The index shard of ``segment`` built from its stored vectors (no ``index.bin``)."""
+    shard = template.empty_copy()
+    for ids, rows in segment.iter_blocks():
+        shard.add_with_ids(rows, ids)
+    return shard
+
+
+def load_shards(bundle: Any, segments: Sequence[Segment], index_class: Any,
+                index: Any = None) -> Any:
+    """The shards of ``segments`` merged into ``index`` (default: the first shard as it
+    is, so an HNSW graph is not built again; an empty copy of the template when there
+    are no segments). Exact Flat bundles fill each shard from the segment's vectors."""
+    from ..errors import BundleError
+
+    record = bundle.manifest["index"]
+    template = None
+    if record.get("shards") == "vectors" or not segments:
+        template = index_class.load(bundle.root / record["template"])
+    for seg in segments:
+        if record.get("shards") == "vectors":
+            shard = shard_from_vectors(seg, template)
+        else:
+            shard = index_class.load(seg.shard_path)
+        if shard.ntotal != seg.n:
+            raise BundleError(f"{seg.shard_path} holds {shard.ntotal} vectors, the manifest "
+                              f"says {seg.n}: the bundle is damaged; rebuild it")
+        if index is None:
+            index = shard
+        else:
+            index.merge_from(shard)
+    return index if index is not None else template.empty_copy()
+
+
 def build_shards(
     segments: Sequence[Segment],
     template: Any,
@@ -190,7 +232,11 @@ def build_shards(
     only: set[int] | None = None,
 ) -> None:
     """Write each segment's index shard (``index.bin``): an empty copy of the trained
-    ``template`` filled block by block; ``transform`` (DBA) maps each block first."""
+    ``template`` filled block by block; ``transform`` (DBA) maps each block first.
+    Nothing is written when the shard would repeat the vectors
+    (:func:`shards_are_vectors`)."""
+    if shards_are_vectors(template, transform is not None):
+        return
     for s in segments:
         if only is not None and s.number not in only:
             continue
