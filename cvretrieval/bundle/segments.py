@@ -10,7 +10,8 @@ segments/000007/
   vectors.npy    (n, d) float32 (dense embedders), or
   rows.npz       CSR rows (data, indices, indptr, shape) of sparse embedders, or
   items.npz      variable-length per-image items (ASMK codes: words, codes, lims)
-  index.bin      the index shard over these rows (written after training)
+  index.bin      the index shard over these rows (written after training; not for an
+                 exact Flat index, which is filled from vectors.npy when loaded)
   features/      key points for spatial verification (a FeatureStore), optional
 ```
 """
