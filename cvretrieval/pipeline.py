@@ -130,12 +130,20 @@ class SVFeatures:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_extractor": None}
 
-    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
+    @property
+    def extractor(self) -> Any:
         if self._extractor is None:
             from .features.local import LocalFeatureExtractor
 
             self._extractor = LocalFeatureExtractor(self.detector, self.n_features)
-        return self._extractor.extract(image)
+        return self._extractor
+
+    @property
+    def grayscale_input(self) -> bool:
+        return bool(self.extractor.grayscale_input)
+
+    def extract(self, image: NDArray[np.uint8]) -> LocalFeatures:
+        return self.extractor.extract(image)
 
     def features(
         self, extracted: Any, image: Any, path: str, max_side: int | None
@@ -190,10 +198,11 @@ def _cache_file(cache: tuple[str, str] | None, sha1: str | None,
     return Path(root) / f"{key}-s{max_side or 0}" / sha1[:2] / f"{sha1}.npz"
 
 
-def _read(source: Any, bbox: BBox | None, max_side: int | None) -> tuple[Any, Any, Any]:
+def _read(source: Any, bbox: BBox | None, max_side: int | None,
+          grayscale: bool = False) -> tuple[Any, Any, Any]:
     if isinstance(source, (str, os.PathLike)) and bbox is None:
-        return read_bytes_and_image(source, max_side=max_side)
-    return None, None, read_image(source, max_side=max_side, bbox=bbox)
+        return read_bytes_and_image(source, max_side=max_side, grayscale=grayscale)
+    return None, None, read_image(source, max_side=max_side, bbox=bbox, grayscale=grayscale)
 
 
 def run_chunk(job: Job, tasks: Sequence[Task]) -> list[Item]:
@@ -201,13 +210,15 @@ def run_chunk(job: Job, tasks: Sequence[Task]) -> list[Item]:
     if job.in_worker:
         limit_worker_threads()
     emb = job.embedder
+    gray = bool(emb.grayscale_input) and (
+        job.sv is None or job.sv.own or job.sv.grayscale_input)
     items: list[Item] = []
     images: list[tuple[int, Any]] = []
     extracted: dict[int, Any] = {}
     for position, source, bbox in tasks:
         name = source if isinstance(source, (str, os.PathLike)) else f"query {position}"
         try:
-            sha1, n_bytes, image = _read(source, bbox, job.max_side)
+            sha1, n_bytes, image = _read(source, bbox, job.max_side, gray)
         except (ImageReadError, ValueError, OSError) as exc:
             items.append(Item(position, error=str(exc) or f"cannot read {name}"))
             continue

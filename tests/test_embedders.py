@@ -224,7 +224,11 @@ def test_capabilities_are_declared_on_the_class():
     for flag in ("sparse_output", "local_features", "grayscale_input"):
         assert getattr(Embedder, flag) is False  # the safe default of every new embedder
     assert VLADEmbedder.local_features is True and VLADEmbedder.sparse_output is False
-    # an ONNX or plug-in detector may want colour: VLAD does not promise grayscale
-    assert VLADEmbedder.grayscale_input is False
+    # gray decoding follows the detector: OpenCV's look at gray only (an ONNX or plug-in
+    # detector may want colour and says so); HOG is gray by construction
+    from cvretrieval.embedders.classical import HOGEmbedder
+
+    assert VLADEmbedder(n_words=4).grayscale_input is True
+    assert HOGEmbedder.grayscale_input is True
     feats = VLADEmbedder(n_words=4).extract(np.zeros((32, 32, 3), np.uint8))
     assert len(feats) == 0 and feats.keypoints.shape == (0, 2)  # LocalFeatures, as declared

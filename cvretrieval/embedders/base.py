@@ -58,8 +58,9 @@ class Embedder(ParamsMixin):
     #: ``extract`` returns :class:`~cvretrieval.features.local.LocalFeatures` (key points,
     #: descriptors) that spatial verification can use directly
     local_features: ClassVar[bool] = False
-    #: ``extract`` only looks at a grayscale version of the image, so callers may decode
-    #: images as grayscale (``(H, W)`` uint8) and save memory
+    #: ``extract`` only looks at a grayscale version of the image, so the pipeline decodes
+    #: files as grayscale ``(H, W)`` uint8 (a JPEG's luma plane alone: a third less
+    #: decoding, no colour conversion)
     grayscale_input: ClassVar[bool] = False
 
     # --- parameters -------------------------------------------------------------------

@@ -48,6 +48,7 @@ class HOGEmbedder(Embedder):
     """
 
     name = "hog"
+    grayscale_input: ClassVar[bool] = True
 
     def __init__(self, size: int = 128, cell: int = 8, block: int = 2, orientations: int = 9):
         self.size = size
@@ -87,7 +88,11 @@ class LocalFeatureEmbedder(Embedder):
     #: capabilities read by the pipeline (see :class:`~cvretrieval.embedders.base.Embedder`)
     sparse_output: ClassVar[bool] = False
     local_features: ClassVar[bool] = True
-    grayscale_input: ClassVar[bool] = False  # a plug-in detector may want colour
+
+    @property  # type: ignore[override]
+    def grayscale_input(self) -> bool:
+        """As the detector says (OpenCV's look at gray only; a plug-in may want colour)."""
+        return self._extractor.grayscale_input
 
     def _init_local(self) -> None:
         # no I/O here (issue 12): an external vocabulary is read by fit()

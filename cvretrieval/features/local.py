@@ -202,6 +202,14 @@ class LocalFeatureExtractor:
             return DETECTORS[self.detector][1]
         return bool(self.impl.binary)
 
+    @property
+    def grayscale_input(self) -> bool:
+        """Whether the detector only looks at the gray image (the OpenCV ones do; a
+        plug-in says so with its own ``grayscale_input``)."""
+        if self.detector in DETECTORS:
+            return True
+        return bool(getattr(self.impl, "grayscale_input", False))
+
     def __getstate__(self) -> dict[str, Any]:  # sessions and OpenCV objects are rebuilt lazily
         return {**self.__dict__, "_impl": None}
 
