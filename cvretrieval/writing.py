@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__
+from ._files import resolve_paths
 from .bundle import Bundle, BundleWriter, folder_checksums, item_codec
 from .bundle import build as bb
 from .bundle.segments import segment_name
@@ -210,7 +211,7 @@ class BundleWriting:
             return bb.write_segments(
                 lambda: w.new_segment(sparse=sparse, dim=self._vector_dim(), items=items),
                 catalog,
-                ordered(), [str(p.resolve()) for p in paths], first_id,
+                ordered(), resolve_paths(paths), first_id,
                 store=self._store_writer(), has_features=self.has_features)
 
     def _vector_dim(self) -> int:
@@ -289,13 +290,13 @@ class BundleWriting:
         with BundleWriter(root, timeout=self.lock_timeout, create=False) as w:
             manifest = self._writer_manifest(w)
             first_id = int(manifest["next_id"])
+            keys = resolve_paths(candidates)
             with bb.Catalog(root / manifest["catalog"], first_id) as cat:
-                known = cat.ids_of([str(p.resolve()) for p in candidates])
+                known = cat.ids_of(keys)
                 removed = set(cat.ids_with_status("removed").tolist()) if known else set()
             live = {p for p, i in known.items() if i not in removed}
             paths = []
-            for p in candidates:
-                key = str(p.resolve())
+            for p, key in zip(candidates, keys, strict=True):
                 if key not in live:
                     live.add(key)
                     paths.append(p)

@@ -527,3 +527,30 @@ def test_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, m
     monkeypatch.setattr(files.os, "stat", stale_stat)
     with _alarm(5), pytest.raises(ImageReadError, match="FIFO"):
         read_image(fifo)
+
+
+def test_resolve_paths_equals_path_resolve(tmp_path):
+    """The per-folder resolution gives what Path.resolve gives: links to files and to
+    folders, '..', missing files, relative paths."""
+    import os
+
+    from cvretrieval._files import resolve_paths
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "real" / "b.jpg").write_bytes(b"y")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "l.jpg").symlink_to(tmp_path / "real" / "b.jpg")
+    (tmp_path / "chain.jpg").symlink_to(tmp_path / "real" / "l.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    paths = [tmp_path / "real" / "a.jpg", tmp_path / "linkdir" / "a.jpg",
+             tmp_path / "real" / "l.jpg", tmp_path / "chain.jpg", tmp_path / "dangling.jpg",
+             tmp_path / "real" / ".." / "real" / "b.jpg", tmp_path / "missing" / "x.jpg",
+             tmp_path / "real" / "..", str(tmp_path / "linkdir" / "l.jpg")]
+    old = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        paths += ["real/a.jpg", "linkdir/l.jpg", "./chain.jpg"]
+        assert resolve_paths(paths) == [str(Path(p).resolve()) for p in paths]
+    finally:
+        os.chdir(old)
