@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import cli_run
@@ -279,3 +280,38 @@ def test_a_backbone_model_folder_can_be_trained_again():
         (out / "notes.txt").write_text("mine")
         with pytest.raises(cvretrieval.errors.CVRetrievalError, match="notes.txt"):
             prepare_out_dir(out)
+
+
+def test_siamese_model_folder_takes_a_device(tmp_path):
+    """``siamese:DIR`` runs its head (and a network base) where ``device`` says: cpu and
+    auto agree on a machine without a GPU; cuda without one is one clear error."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cvretrieval.embedders import make_embedder
+    from cvretrieval.siamese import train_siamese
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    for c in range(4):
+        (data / f"c{c}").mkdir(parents=True)
+        base = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        for i in range(4):
+            noisy = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(data / f"c{c}" / f"{i}.png"), noisy)
+    out = train_siamese(data, base="hog", head=(16, 8), epochs=1, batch_p=2, batch_k=2,
+                        center=False, val_split=0.5, out_dir=tmp_path / "model", n_jobs=1,
+                        progress=False)
+    spec = f"siamese:{out['model_dir']}"
+    cpu, auto = make_embedder(spec, device="cpu"), make_embedder(spec)
+    assert cpu.get_params()["device"] == "cpu" and auto.get_params()["device"] == "auto"
+    a, b = cpu.embed(_images()), auto.embed(_images())
+    assert a.shape[0] == 3 and np.isfinite(a).all()
+    if _ort_has_cuda():
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    else:
+        np.testing.assert_array_equal(a, b)
+        with pytest.raises(DeviceError, match="CUDAExecutionProvider"):
+            make_embedder(spec, device="cuda").embed(_images())
+    with pytest.raises(ValueError, match="device must be one of"):
+        make_embedder(spec, device="gpu")

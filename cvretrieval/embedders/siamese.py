@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from .._json import read_json_manifest
 from ..errors import BundleError, MissingExtraError
 from .base import Embedder, l2_normalize
+from .devices import check_device, check_onnx_session, onnx_providers
 from .runtimes import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,17 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _base_params(base_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The base embedder's parameters as saved (``embedder.json``) or described."""
+    saved = base_dir / "embedder.json"
+    if saved.is_file():
+        try:
+            return dict(json.loads(saved.read_text()).get("params", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}  # load_embedder says what is wrong with the file
+    return dict(meta["base"].get("params", {}))
+
+
 class SiameseEmbedder(Embedder):
     """The base embedder of a trained Siamese model, then its head (ONNX), L2-normalised.
 
@@ -68,6 +80,10 @@ class SiameseEmbedder(Embedder):
     ----------
     model_dir : str
         A folder written by :func:`cvretrieval.siamese.train_siamese`.
+    device : {'auto', 'cpu', 'cuda'}, default 'auto'
+        Where the head runs (onnxruntime's CUDA provider with ``onnxruntime-gpu``) and,
+        when the base is a network (``onnx:``, ``torchscript:``, a fine-tuned
+        ``backbone.onnx``), where the base runs; ``auto`` picks the GPU when there is one.
 
     Attributes
     ----------
@@ -89,8 +105,9 @@ class SiameseEmbedder(Embedder):
 
     name = "siamese"
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, device: str = "auto"):
         self.model_dir = str(model_dir)
+        self.device = check_device(device)
         self._loaded: dict[str, Any] | None = None
         self._session: Any = None
 
@@ -104,7 +121,7 @@ class SiameseEmbedder(Embedder):
                 "meta": meta,
                 "head_path": head_path,
                 "sha256": self._check_head(head_path, meta),
-                "base": self._load_base(d, meta),
+                "base": self._load_base(d, meta, self.device),
             }
         return self._loaded
 
@@ -134,18 +151,21 @@ class SiameseEmbedder(Embedder):
         return digest
 
     @staticmethod
-    def _load_base(model_dir: Path, meta: dict[str, Any]) -> Embedder:
+    def _load_base(model_dir: Path, meta: dict[str, Any], device: str = "auto") -> Embedder:
         from . import load_embedder, make_embedder
 
         base_dir = model_dir / meta["base"].get("dir", "base")
+        # a network base runs where the head runs; other bases have no device
+        on = {"device": device} if "device" in _base_params(base_dir, meta) else {}
         if (base_dir / "embedder.json").is_file():
             # a network file kept inside the model folder (a fine-tuned backbone) is found
             # there, wherever the folder was moved
             inside = meta["base"].get("model_file")
             overrides = {"model_path": str(model_dir / inside)} if inside else {}
-            base = load_embedder(base_dir, **overrides)
+            base = load_embedder(base_dir, **overrides, **on)
         else:
-            base = make_embedder(meta["base"]["name"], **meta["base"].get("params", {}))
+            base = make_embedder(meta["base"]["name"], **{**meta["base"].get("params", {}),
+                                                          **on})
             if base.needs_fit:
                 raise BundleError(
                     f"{base_dir} is missing and the base embedder {base.name!r} needs fitted "
@@ -170,10 +190,10 @@ class SiameseEmbedder(Embedder):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1  # a small MLP; worker processes already run in parallel
             opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                str(self._load()["head_path"]), sess_options=opts,
-                providers=["CPUExecutionProvider"],
-            )
+            path = str(self._load()["head_path"])
+            self._session = ort.InferenceSession(path, sess_options=opts,
+                                                 providers=onnx_providers(self.device, ort))
+            check_onnx_session(self.device, self._session, path)
         return self._session
 
     def __getstate__(self) -> dict[str, Any]:
