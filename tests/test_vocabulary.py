@@ -468,3 +468,22 @@ def test_load_refuses_pickled_centres(fitted, tmp_path):
     np.save(tmp_path / "centers.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(BundleError, match="cannot be read"):
         load_vocabulary(tmp_path)
+
+
+def test_majority_of_packed_equals_counting_bits():
+    """The bincount form of the k-majority update against counting every bit by hand."""
+    from cvretrieval.features.kmajority import majority_of_packed
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (500, 4), dtype=np.uint8)
+    x[:50] = 0b10110000  # a cluster with a clear majority pattern
+    labels = rng.integers(0, 7, 500)
+    labels[:50] = 3
+    centers, sizes = majority_of_packed(x, labels, 9)  # clusters 7 and 8 are empty
+    bits = np.unpackbits(x, axis=1)
+    for c in range(9):
+        members = bits[labels == c]
+        assert sizes[c] == len(members)
+        want = (2 * members.sum(axis=0) > len(members)).astype(np.uint8)
+        np.testing.assert_array_equal(np.unpackbits(centers[c]), want)
+    assert not centers[7].any() and not centers[8].any()

