@@ -3,7 +3,7 @@
     python benchmarks/deep_vs_classical.py
     python benchmarks/deep_vs_classical.py --features hog,mobilenet --siamese mobilenet-triplet
     python benchmarks/deep_vs_classical.py --features mobilenet \
-        --siamese mobilenet-triplet,mobilenet-lw --no-speed
+        --siamese mobilenet-triplet,mobilenet-lw,mobilenet-lw-closed --no-speed
 
 Protocol. Caltech-101 (``../shared/datasets/caltech101-dev``) is split by class with
 ``--random-state``: half of the classes are *seen*, the other half *unseen*. Siamese heads

@@ -7,8 +7,10 @@ The default recipe is built to generalise to classes never seen in training:
   output keeps the input's dimension) and the MLP's last layer starts at zero, so the
   untrained head reproduces the base embedding's geometry and training only bends it;
 * **centring**: the base embedding minus the mean of the training embeddings (chosen
-  when it scores better on the held-out classes) — on its own the largest gain on unseen
-  classes in our benchmark, as whitening studies found [2]_;
+  when it scores better on the held-out classes), as whitening studies advise [2]_;
+* **learned whitening** (``init="lw"``, :mod:`cvretrieval.siamese.whiten`): the skip
+  starts from the supervised whitening of the training classes; kept alone
+  (``epochs=0``) it is the recipe that carries best to unseen classes in our benchmark;
 * **mixing**: the exported model outputs ``[sqrt(1 - beta) b(x), sqrt(beta) h(x)]`` for
   the (centred) L2-normalised base embedding ``b(x)``, so cosine similarities are
   ``(1 - beta) cos_base + beta cos_head``; ``beta`` is chosen on held-out classes
