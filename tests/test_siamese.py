@@ -540,8 +540,8 @@ def test_fit_head_lw_init_starts_at_the_learned_whitening():
     rng = np.random.default_rng(2)
     y = np.repeat(np.arange(6), 5)
     X = (rng.normal(size=(6, 12))[y] + 0.5 * rng.normal(size=(30, 12))).astype(np.float32)
-    model, info = fit_head(X, y, head=(16, 8), init="lw", epochs=0, mix=1.0, center=False,
-                           progress=False)
+    model, info = fit_head(X, y, head=(16, 8), init="lw", shrinkage=1.0, epochs=0, mix=1.0,
+                           center=False, progress=False)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     W, m = lw_init(Xn, y, 8)
     want = (Xn - m) @ W.T

@@ -32,12 +32,16 @@ def train_group() -> None:
 @click.option("--init", "init", type=click.Choice(["pca", "lw"]), default="pca", show_default=True,
               help="Start the residual head's skip from PCA or from learned whitening of the "
                    "classes (lw: better on classes never seen in training).")
+@click.option("--shrinkage", default="auto", show_default=True,
+              help="--init lw: ridge of the learned whitening (a number >= 0), or auto "
+                   "(cross-validated over held-out training classes).")
 @click.option("--mix", default="auto", show_default=True,
               help="Weight of the head against the base embedding (0-1), or auto (validation).")
 @click.option("--center", type=click.Choice(["auto", "yes", "no"]), default="auto",
               show_default=True, help="Centre the base on the training mean.")
-@click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Epochs (default 30 for a head, 10 with --backbone).")
+@click.option("--epochs", type=click.IntRange(0), default=None,
+              help="Epochs (default 30 for a head, 10 with --backbone; 0: the closed-form "
+                   "head alone, e.g. --init lw --head 512 --epochs 0 --val-split 0).")
 @click.option("--patience", type=click.IntRange(1), default=None,
               help="Stop after this many epochs without a better validation mAP "
                    "(default 10 for a head, 3 with --backbone).")
@@ -78,7 +82,8 @@ def train_group() -> None:
               help="Model folder (use it as --features siamese:FOLDER).")
 @common_options
 def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None, mining: str,
-                      head: str, plain: bool, init: str, mix: str, center: str, epochs: int | None,
+                      head: str, plain: bool, init: str, shrinkage: str, mix: str, center: str,
+                      epochs: int | None,
                       patience: int | None, batch_p: int | None, batch_k: int,
                       lr: float | None, weight_decay: float, val_split: float,
                       backbone: str | None, weights: Path | None, input_size: int, freeze: int,
@@ -97,14 +102,16 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
     try:
         sizes = tuple(int(v) for v in head.split(",") if v.strip())
         mix_value: str | float = mix if mix == "auto" else float(mix)
+        shrink_value: str | float = shrinkage if shrinkage == "auto" else float(shrinkage)
     except ValueError:
         raise click.UsageError(
-            "--head takes sizes like 512,256 and --mix a number or auto"
+            "--head takes sizes like 512,256, --mix and --shrinkage a number or auto"
         ) from None
     centres: dict[str, str | bool] = {"auto": "auto", "yes": True, "no": False}
     centre = centres[center]
     result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
-                           head=sizes, residual=not plain, init=init, mix=mix_value,
+                           head=sizes, residual=not plain, init=init, shrinkage=shrink_value,
+                           mix=mix_value,
                            center=centre,
                            epochs=epochs, patience="auto" if patience is None else patience,
                            batch_p=batch_p, batch_k=batch_k,
@@ -114,9 +121,12 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
                            backbone=backbone, weights=weights, input_size=input_size,
                            freeze=freeze, dim=dim, steps_per_epoch=steps_per_epoch,
                            device=device)
-    out.text(f"model written to {output}: validation mAP {result.get('val_mAP', 0):.4f} "
-             f"(base {result.get('base_val_mAP', 0):.4f}, best epoch {result.get('best_epoch')}); "
-             f"use it with --features siamese:{output}")
+    if result.get("val_mAP") is None:  # --val-split 0: nothing held out to score
+        scored = f"no validation, epoch {result.get('best_epoch')} kept"
+    else:
+        scored = (f"validation mAP {result['val_mAP']:.4f} (base {result['base_val_mAP']:.4f}, "
+                  f"best epoch {result.get('best_epoch')})")
+    out.text(f"model written to {output}: {scored}; use it with --features siamese:{output}")
     out.result(result)
 
 

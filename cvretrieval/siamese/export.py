@@ -181,6 +181,7 @@ def write_model_dir(
         "base": base_spec,
         **(extra or {}),
         **{k: info[k] for k in ("history", "beta", "center", "train_seconds")},
+        **{k: info.get(k) for k in ("shrinkage", "shrinkage_scores")},  # learned whitening
         **scores,
         "n_train": int(train_mask.sum()),
         "n_val": int(val_mask.sum()),

@@ -52,6 +52,7 @@ def fit_head(
     head: str | Sequence[int] = (512, 256),
     residual: bool = True,
     init: str = "pca",
+    shrinkage: float | str = "auto",
     mix: str | float = "auto",
     center: str | bool = "auto",
     epochs: int = 30,
@@ -86,6 +87,11 @@ def fit_head(
         How the residual head's linear skip starts: the top principal axes of ``X``, or
         the learned whitening of ``(X, y)`` (:func:`cvretrieval.siamese.head.lw_init`),
         which carries over to unseen classes better.
+    shrinkage : float or 'auto', default 'auto'
+        With ``init="lw"``: the ridge of the learned whitening, relative to the mean
+        within-class eigenvalue; ``auto`` picks it from
+        :data:`cvretrieval.siamese.whiten.SHRINKAGE_GRID` by cross-validation over held-out
+        *training* classes (:func:`cvretrieval.siamese.whiten.choose_shrinkage`).
     loss, margin, mining, head, residual, mix, center, epochs, patience, batch_p, batch_k,
     lr, weight_decay, random_state, progress
         See :func:`cvretrieval.siamese.train_siamese`.
@@ -103,7 +109,8 @@ def fit_head(
         ``val_seconds`` scoring the validation classes)),
         ``best_epoch``, ``beta``, ``center`` (whether the base part is centred),
         ``val_mAP``, ``base_val_mAP`` (the raw base), ``centered_val_mAP``, ``margin``,
-        ``lr``, ``train_seconds``.
+        ``lr``, ``train_seconds``, ``shrinkage`` and ``shrinkage_scores`` (with
+        ``init="lw"``: the ridge used and, when chosen, the cross-validated mAP of each).
     """
     from tqdm.auto import tqdm
 
@@ -119,6 +126,7 @@ def fit_head(
     )
     from .losses import LOSSES, batch_loss
     from .mining import MINING, PKSampler
+    from .whiten import choose_shrinkage
 
     torch = require_torch()
     dev = torch_device(device, torch)
@@ -141,6 +149,8 @@ def fit_head(
         betas = (b,)
     if init not in ("pca", "lw"):
         raise ValueError(f"init must be 'pca' or 'lw', got {init!r}")
+    if shrinkage != "auto" and (isinstance(shrinkage, str) or float(shrinkage) < 0):
+        raise ValueError(f"shrinkage must be 'auto' or a number >= 0, got {shrinkage!r}")
     if center not in ("auto", True, False):
         raise ValueError(f"center must be 'auto', True or False, got {center!r}")
     hidden = parse_head(head)
@@ -154,6 +164,12 @@ def fit_head(
                                                                       replace=False))
             Xv, yv = Xv[keep], yv[keep]
     mean = X.mean(axis=0)
+    shrink_scores = None
+    if residual and init == "lw" and shrinkage == "auto":
+        shrinkage, shrink_scores = choose_shrinkage(X, y, min(hidden[-1], X.shape[1]),
+                                                    random_state=random_state)
+        logger.info("learned whitening: shrinkage %s by held-out classes %s", shrinkage,
+                    shrink_scores)
     centered_val = None
     use_center = bool(center)
     if has_val:
@@ -177,7 +193,8 @@ def fit_head(
             torch.manual_seed(random_state)
             net = ProjectionHead(X.shape[1], hidden, residual=residual)
             if residual:
-                net.init_skip(*(lw_init(X, y, net.out_dim) if init == "lw"
+                net.init_skip(*(lw_init(X, y, net.out_dim, shrinkage=float(shrinkage))
+                                if init == "lw"
                                 else pca_init(X, net.out_dim)))
             net.to(dev)
             opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -257,5 +274,7 @@ def fit_head(
         "lr": lr,
         "device": dev,
         "train_seconds": round(time.perf_counter() - t_start, 2),
+        "shrinkage": float(shrinkage) if init == "lw" and residual else None,
+        "shrinkage_scores": shrink_scores,
     }
     return model, info

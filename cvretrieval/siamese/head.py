@@ -7,8 +7,10 @@ The default recipe is built to generalise to classes never seen in training:
   output keeps the input's dimension) and the MLP's last layer starts at zero, so the
   untrained head reproduces the base embedding's geometry and training only bends it;
 * **centring**: the base embedding minus the mean of the training embeddings (chosen
-  when it scores better on the held-out classes) — on its own the largest gain on unseen
-  classes in our benchmark, as whitening studies found [2]_;
+  when it scores better on the held-out classes), as whitening studies advise [2]_;
+* **learned whitening** (``init="lw"``, :mod:`cvretrieval.siamese.whiten`): the skip
+  starts from the supervised whitening of the training classes; kept alone
+  (``epochs=0``) it is the recipe that carries best to unseen classes in our benchmark;
 * **mixing**: the exported model outputs ``[sqrt(1 - beta) b(x), sqrt(beta) h(x)]`` for
   the (centred) L2-normalised base embedding ``b(x)``, so cosine similarities are
   ``(1 - beta) cos_base + beta cos_head``; ``beta`` is chosen on held-out classes
@@ -34,8 +36,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._torch import F, nn, torch
+from .whiten import lw_init, pca_init
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ProjectionHead", "SiameseModel", "embed_numpy", "lw_init", "parse_head",
+           "pca_init"]
 
 #: ONNX opset of exported heads (onnxruntime ≥ 1.10 runs it)
 
@@ -63,113 +69,6 @@ def parse_head(head: str | int | Sequence[int]) -> tuple[int, ...]:
     if not sizes or any(s < 1 for s in sizes):
         raise ValueError(f"head {head!r} must list one or more positive layer sizes, e.g. 512,256")
     return sizes
-
-
-def pca_init(
-    X: NDArray[np.floating], out_dim: int
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """A linear map ``W (x - mean)`` onto the top ``out_dim`` principal axes of ``X``.
-
-    When ``out_dim >= d`` the map is the identity (zero-padded rows beyond ``d``) with a
-    zero mean: nothing to reduce, nothing to centre. When ``X`` has fewer than
-    ``out_dim`` informative directions the remaining rows are zero.
-
-    Parameters
-    ----------
-    X : (n, d) array
-    out_dim : int
-
-    Returns
-    -------
-    W : (out_dim, d) float32
-        Orthonormal rows (the principal axes), or identity.
-    mean : (d,) float32
-
-    Examples
-    --------
-    >>> W, m = pca_init(np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]]), 1)
-    >>> np.abs(W).round(3).tolist(), m.tolist()
-    ([[1.0, 0.0]], [2.0, 0.0])
-    """
-    X = np.asarray(X, np.float64)
-    d = X.shape[1]
-    if out_dim >= d:
-        return np.eye(out_dim, d, dtype=np.float32), np.zeros(d, np.float32)
-    mean = X.mean(axis=0)
-    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
-    W = np.zeros((out_dim, d), np.float64)
-    r = min(out_dim, vt.shape[0])
-    W[:r] = vt[:r]
-    return W.astype(np.float32), mean.astype(np.float32)
-
-
-def lw_init(
-    X: NDArray[np.floating], y: NDArray[np.integer], out_dim: int, shrinkage: float = 1.0
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Learned whitening [1]_: a linear map ``W (x - mean)`` from labelled vectors.
-
-    The within-class scatter ``Sw`` (what varies between images of one class: pose,
-    background, lighting) is whitened, ``(Sw + s·tr(Sw)/d·I)^(-1/2)``, then the whitened
-    training vectors are projected on their top ``out_dim`` principal axes. It is closed
-    form, so it does not fit the training classes the way a trained MLP does, and it
-    carries over to unseen classes (Caltech-101, classes never seen: mAP 0.748 → 0.78 on
-    MobileNet v1 embeddings, ``benchmarks/deep_vs_classical.py``).
-
-    Parameters
-    ----------
-    X : (n, d) array
-        Training vectors (L2-normalised).
-    y : (n,) int array
-        Their classes; classes with one vector add nothing to ``Sw``.
-    out_dim : int
-        Rows of ``W`` (at most ``d``; extra rows are zero).
-    shrinkage : float, default 1.0
-        ``s`` above: the ridge added to ``Sw`` relative to its mean eigenvalue (0: none).
-
-    Returns
-    -------
-    W : (out_dim, d) float32
-        Scaled so that ``|W (x - mean)|`` is on average that of the PCA projection of
-        :func:`pca_init` (the MLP's residual adds to it on a like scale).
-    mean : (d,) float32
-
-    References
-    ----------
-    .. [1] F. Radenović, G. Tolias, O. Chum, "Fine-tuning CNN Image Retrieval with No
-       Human Annotation", TPAMI 2018 (section 3.3, learned whitening); K. Mikolajczyk,
-       J. Matas, "Improving descriptors for fast tree matching by optimal linear
-       projection", ICCV 2007.
-
-    Examples
-    --------
-    >>> X = np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])
-    >>> W, m = lw_init(X, np.array([0, 0, 1, 1]), 1, shrinkage=0.1)
-    >>> bool(abs(W[0, 0]) > 10 * abs(W[0, 1]))  # keeps the axis that separates the classes
-    True
-    """
-    X = np.asarray(X, np.float64)
-    y = np.asarray(y)
-    n, d = X.shape
-    mean = X.mean(axis=0)
-    parts = [X[y == c] - X[y == c].mean(axis=0) for c in np.unique(y) if (y == c).sum() > 1]
-    if not parts:
-        raise ValueError("learned whitening needs a class with 2 or more vectors")
-    D = np.concatenate(parts)
-    Sw = D.T @ D / len(D)
-    ridge = float(shrinkage) * max(float(np.trace(Sw)) / d, 1e-12)
-    e, U = np.linalg.eigh(Sw + ridge * np.eye(d))
-    P1 = U / np.sqrt(np.maximum(e, 1e-12))
-    Z = (X - mean) @ P1
-    _, _, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
-    r = min(out_dim, vt.shape[0])
-    W = np.zeros((out_dim, d), np.float64)
-    W[:r] = (P1 @ vt[:r].T).T
-    W_pca, _ = pca_init(X, min(out_dim, d))
-    target = np.linalg.norm((X - mean) @ W_pca[: min(out_dim, d)].T, axis=1).mean()
-    got = np.linalg.norm((X - mean) @ W.T, axis=1).mean()
-    if got > 0:
-        W *= target / got
-    return W.astype(np.float32), mean.astype(np.float32)
 
 
 class ProjectionHead(nn.Module):
