@@ -430,9 +430,6 @@ class Retriever(BundleWriting):
 
     def _steps(self, rerank: Sequence[str] | str | None) -> tuple[str, ...]:
         steps = self.rerank if rerank is None else parse_rerank(rerank)
-        if "qe" in steps and self.items:
-            raise ValueError(f"query expansion averages vectors; {self.embedder.name} gives "
-                             "none: use --rerank sv, or a vector embedder")
         missing = [s for s in steps if s not in self.supports_rerank]
         if missing:
             raise ValueError(

@@ -207,6 +207,12 @@ class ASMKEmbedder(LocalFeatureEmbedder):
                  else np.zeros((0, int(self.n_bits) // 8), np.uint8))
         return AsmkCodes(uniq.astype(np.uint32), codes)
 
+    def keypoint_words(self, features: LocalFeatures) -> NDArray[np.int64]:
+        """``(n,)`` nearest word of each key point (single assignment): the words that
+        spatial verification with ``matcher="words+desc"`` pairs key points by."""
+        self._check_fitted()
+        return self._assign(as_float_descriptors(features.descriptors), 1)[:, 0]
+
     def has_features(self, reduced: AsmkCodes) -> bool:
         """False for an image without local features (no words)."""
         return len(reduced) > 0

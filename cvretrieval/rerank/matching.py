@@ -425,3 +425,17 @@ def tentative_matches_words_desc(
         q_words, [c_words], q_desc, [c_desc], ratio=ratio, max_per_word=max_per_word,
         max_pairs=max_pairs, binary=binary,
     )[0]
+
+
+def _descriptor_scale(store: Any) -> float | None:
+    """The one quantisation scale of a store's float descriptors (1.0 when unscaled), or
+    None when unknown: a bundle's segments (``store.stores``) may each have their own,
+    and then the de-quantised float descriptors are compared instead."""
+    parts = getattr(store, "stores", None) or [store]
+    scales = set()
+    for part in parts:
+        info = getattr(part, "info", None)
+        if not isinstance(info, dict):
+            return None
+        scales.add(float((info.get("descriptors") or {}).get("scale") or 1.0))
+    return scales.pop() if len(scales) == 1 else None

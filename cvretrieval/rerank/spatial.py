@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 from .matching import (
     Matches,
     _check_limit,
+    _descriptor_scale,
     _match_query,
     tentative_matches_ratio,
     tentative_matches_words,
@@ -361,11 +362,11 @@ class SpatialVerifier:
     def _batch(self, q: dict[str, Any], store: Any, cids: list[int]) -> dict[int, Matches]:
         """``"words+desc"`` matches of all candidates in one vectorised pass, on the stored
         (raw) descriptors: the query is quantised as the store did (4x less memory)."""
-        raw = [store.get_descriptors(c, raw=True) for c in cids]
         qd = q["desc"]
-        if not q["binary"] and raw and raw[0].dtype == np.uint8:
-            scale = np.float32(store.info["descriptors"].get("scale") or 1.0)
-            qd = np.clip(np.rint(qd * scale), 0, 255).astype(np.uint8)
+        scale = None if q["binary"] else _descriptor_scale(store)
+        raw = [store.get_descriptors(c, raw=scale is not None) for c in cids]
+        if scale is not None and raw and raw[0].dtype == np.uint8:
+            qd = np.clip(np.rint(qd * np.float32(scale)), 0, 255).astype(np.uint8)
         found = tentative_matches_words_desc_many(
             q["groups"], [store.get_words(c) for c in cids], qd, raw, ratio=self.ratio,
             max_per_word=self.desc_max_per_word, max_pairs=self.max_pairs, binary=q["binary"])
