@@ -168,7 +168,8 @@ def _ranks_and_scores(ranked: np.ndarray, gnd: list[dict]) -> dict[str, float]:
 def _verified_qe(sv, q_feat, q_words, requery, store, order, inliers, top_n, qe_k):
     """Chum et al. 2007: the query expanded with its top ``qe_k`` verified results is
     searched again (``requery(good)`` -> ids, best first); the new short list is verified
-    too; verified images first (by inliers), then the unverified ones in the order of the
+    too; verified images first (by inliers, or with ``order="rank"`` those of the first
+    search then the new ones, each in search order), then the unverified ones in the order of the
     expanded search, then those of the first search."""
     good = order[inliers >= sv.min_inliers][:qe_k]
     if len(good) == 0:
@@ -179,7 +180,8 @@ def _verified_qe(sv, q_feat, q_words, requery, store, order, inliers, top_n, qe_
     o2, i2 = sv.rerank(q_feat, fresh, store, query_words=q_words)
     ids = np.concatenate([order[inliers >= sv.min_inliers], o2[i2 >= sv.min_inliers]])
     cnt = np.concatenate([inliers[inliers >= sv.min_inliers], i2[i2 >= sv.min_inliers]])
-    ids = ids[np.argsort(-cnt, kind="stable")]
+    if sv.order == "inliers":
+        ids = ids[np.argsort(-cnt, kind="stable")]
     rest = [c for c in again if c >= 0 and c not in set(ids.tolist())]
     rest += [c for c in order if c not in set(ids.tolist()) and c not in set(rest)]
     return np.array([*ids.tolist(), *rest], np.int64)[: len(order)]
@@ -335,6 +337,8 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     words = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers)
     desc = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc")
+    desc_rank = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc",
+                                order="rank")
     configs: dict[str, tuple[Any, bool, list]] = {
         "none (first stage top-n)": (None, False, q_words),
         "words (default)": (words, False, q_words),
@@ -343,6 +347,8 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "words + QE": (words, True, q_words),
         "words+desc + QE": (desc, True, q_words),
         "words+desc, query MA 3 + QE": (desc, True, q_words3),
+        "words+desc (rank order)": (desc_rank, False, q_words),
+        "words+desc + QE (rank order)": (desc_rank, True, q_words),
     }
     if args.with_ratio:
         configs["ratio + MAGSAC"] = (
@@ -351,7 +357,7 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.only:
         keep = {n.strip() for n in args.only.split(",")}
         configs = {k: v for k, v in configs.items() if k in keep}
-    rows = []
+    rows, dump = [], {"shortlist": shortlist}
     for name, (sv, qe, qws) in configs.items():
         ranked = shortlist.copy()
         seconds, ransac = 0.0, 0
@@ -366,11 +372,14 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                          order, inl, top_n, args.qe_k)
                 seconds += time.perf_counter() - t
                 ranked[qi] = order
+        dump[name] = ranked
         row = {"rerank": name, **_ranks_and_scores(ranked, gnd)}
         row["ms_per_query"] = round(1000 * seconds / len(q_feats), 1) if sv else 0.0
         row["ransac_per_query"] = round(ransac / len(q_feats), 1)
         rows.append(row)
         logger.warning("%s: %s", name, row)
+    if args.dump is not None:
+        np.savez_compressed(args.dump, **dump)
     return {
         "params": {"queries": len(q_feats), "gallery": len(store), "top_n": top_n,
                    "detector": args.detector, "n_features": args.n_features,
@@ -493,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-sparse", action="store_true")
     ap.add_argument("--feature-cache", type=Path, default=None,
                     help="pickle of the harsh set's features, reused by later runs")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="npz of every row's final ranking (and the short lists)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT / "sv_speed.json")

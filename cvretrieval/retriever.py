@@ -85,6 +85,8 @@ class Retriever(BundleWriting):
     sv_matcher : {'words', 'words+desc'}, default 'words'
         BoVW verification: pairs of equal words, or those pairs whose descriptors also
         agree (more robust on harsh copies; the bundle keeps the descriptors, ~50 kB/image).
+        With ASMK, ``'words+desc'`` verifies with ASMK's own words (single assignment);
+        otherwise ASMK bundles verify by brute-force ratio matching.
     feature_cache : path, optional
         Share extracted local features between embedders by image content hash.
     lock_timeout : float, default 3600

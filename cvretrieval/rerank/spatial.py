@@ -214,7 +214,8 @@ def _verify(
 
 _PARAMS = ("top_n", "min_inliers", "matcher", "model", "method", "threshold", "max_iters",
            "confidence", "max_per_word", "max_matches", "ratio", "early_exit", "prefilter_iters",
-           "desc_max_per_word", "max_pairs", "max_keypoints")
+           "desc_max_per_word", "max_pairs", "max_keypoints", "order")
+ORDERS = ("inliers", "rank")
 
 
 class SpatialVerifier:
@@ -254,6 +255,10 @@ class SpatialVerifier:
         ``"words+desc"``: cap on word pairs whose descriptor distance is computed.
     max_keypoints : int or None, default None
         Use only the query's strongest key points (by score), bounding the query's cost.
+    order : {"inliers", "rank"}, default "inliers"
+        Verified candidates first, by decreasing inliers, or in their input (first-stage)
+        order: verification as a filter, for a first stage (ASMK) that ranks copies above
+        other verifiable images (other views of the same object) better than inliers do.
 
     Attributes
     ----------
@@ -287,6 +292,7 @@ class SpatialVerifier:
         desc_max_per_word: int | None = 50,
         max_pairs: int | None = 20_000,
         max_keypoints: int | None = None,
+        order: str = "inliers",
     ) -> None:
         self.top_n = top_n
         self.min_inliers = min_inliers
@@ -304,6 +310,7 @@ class SpatialVerifier:
         self.desc_max_per_word = desc_max_per_word
         self.max_pairs = max_pairs
         self.max_keypoints = max_keypoints
+        self.order = order
         self.stats_: dict[str, Any] = {}
 
     def get_params(self) -> dict[str, Any]:
@@ -316,6 +323,8 @@ class SpatialVerifier:
                 f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}"
             )
         _check_model(self.model)
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
         for name in ("top_n", "min_inliers", "max_iters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -434,7 +443,8 @@ class SpatialVerifier:
                     break
         head = np.arange(n_head)
         good = head[inliers[:n_head] >= self.min_inliers]
-        good = good[np.argsort(-inliers[good], kind="stable")]
+        if self.order == "inliers":
+            good = good[np.argsort(-inliers[good], kind="stable")]
         rest = head[inliers[:n_head] < self.min_inliers]
         order = np.concatenate([good, rest, np.arange(n_head, ids.shape[0])]).astype(np.int64)
         self.stats_ = {"examined": examined, "ransac": ransac, "verified": verified,
@@ -469,19 +479,15 @@ def spatial_rerank(
         The database images' key points, words and/or descriptors, row = candidate id.
     query_words : (n_q,) int ndarray, optional
         The query key points' visual words (required by ``matcher="words"``).
-    top_n, min_inliers, matcher, early_exit
-        See :class:`SpatialVerifier`.
-    **params
-        Other :class:`SpatialVerifier` parameters (``model``, ``method``, ``threshold``,
-        ``max_iters``, ``confidence``, ``max_per_word``, ``max_matches``, ``ratio``,
-        ``desc_max_per_word``, ``max_pairs``, ``max_keypoints``).
+    top_n, min_inliers, matcher, early_exit, **params
+        See :class:`SpatialVerifier` (``model``, ``threshold``, ``order``...).
 
     Returns
     -------
     new_order : (n,) int64 ndarray
         The candidate ids re-ordered: first the verified ones (``>= min_inliers``) by
-        decreasing inliers (ties keep the original order), then the other examined
-        candidates of the top ``top_n`` in their original order, then the rest.
+        decreasing inliers (ties, or ``order="rank"``: the original order), then the
+        other examined candidates of the top ``top_n`` in their original order, then the rest.
     inlier_counts : (n,) int64 ndarray
         Inliers of each entry of ``new_order``; ``0`` when it had fewer tentative
         matches than ``min_inliers`` (RANSAC skipped), ``-1`` when not examined
