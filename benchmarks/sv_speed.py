@@ -339,6 +339,9 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     desc = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc")
     desc_rank = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc",
                                 order="rank")
+    cov = {order: SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc",
+                                  min_coverage=args.min_coverage, order=order)
+           for order in ("inliers", "rank", "coverage")}
     configs: dict[str, tuple[Any, bool, list]] = {
         "none (first stage top-n)": (None, False, q_words),
         "words (default)": (words, False, q_words),
@@ -349,6 +352,11 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "words+desc, query MA 3 + QE": (desc, True, q_words3),
         "words+desc (rank order)": (desc_rank, False, q_words),
         "words+desc + QE (rank order)": (desc_rank, True, q_words),
+        "words+desc (coverage)": (cov["inliers"], False, q_words),
+        "words+desc + QE (coverage)": (cov["inliers"], True, q_words),
+        "words+desc (coverage; rank order)": (cov["rank"], False, q_words),
+        "words+desc + QE (coverage; rank order)": (cov["rank"], True, q_words),
+        "words+desc (coverage order)": (cov["coverage"], False, q_words),
     }
     if args.with_ratio:
         configs["ratio + MAGSAC"] = (
@@ -385,7 +393,8 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                    "detector": args.detector, "n_features": args.n_features,
                    "first_stage": fs.name, "words": fs.n_words,
                    "max_side": args.max_side, "seed": args.seed, "qe_k": args.qe_k,
-                   "min_inliers": args.min_inliers, "shortlist_recall": round(recall, 4)},
+                   "min_inliers": args.min_inliers, "min_coverage": args.min_coverage,
+                   "shortlist_recall": round(recall, 4)},
         "seconds": {"extract_gallery": round(extract_s, 1),
                     "vocabulary": fs.ms["vocabulary_s"]},
         "ms_per_query": {"extract": round(q_extract_ms, 1), "assign": round(fs.ms["assign"], 1),
@@ -486,6 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-descriptors", type=int, default=200_000)
     ap.add_argument("--top-n", type=int, default=100)
     ap.add_argument("--min-inliers", type=int, default=12)
+    ap.add_argument("--min-coverage", type=float, default=0.5,
+                    help="rows '(coverage...)': inliers' hull over the candidate's key points")
     ap.add_argument("--qe-k", type=int, default=3, help="verified results that expand a query")
     ap.add_argument("--with-ratio", action="store_true", help="also brute-force ratio matching")
     ap.add_argument("--n-jobs", type=int, default=-1)

@@ -19,11 +19,9 @@ Three ways to get tentative matches (:mod:`cvretrieval.rerank.matching`):
 * ``"ratio"``: brute-force descriptor nearest neighbours with Lowe's ratio test [4]_
   (Faiss exact k-NN, L2 or Hamming). Needs no vocabulary; much slower.
 
-Speed, per candidate: fewer tentative matches than ``min_inliers`` skip RANSAC (they
-cannot be verified); a cheap similarity RANSAC (2-point samples, 100 iterations) must
-find ``min_inliers`` inliers before the final model (a MAGSAC homography by default,
-iterations capped by ``max_iters``) is fitted; an inlier is counted once per key point
-(a burst of matches onto one point counts one).
+Speed: fewer tentative matches than ``min_inliers`` skip RANSAC; a similarity RANSAC
+(2-point samples, 100 iterations) must find ``min_inliers`` before the final model (MAGSAC
+homography, ``max_iters``); an inlier counts once per key point.
 
 References
 ----------
@@ -49,7 +47,9 @@ from .matching import (
     Matches,
     _check_limit,
     _descriptor_scale,
+    _distinct_inliers,
     _match_query,
+    inlier_coverage,
     tentative_matches_ratio,
     tentative_matches_words,
     tentative_matches_words_desc,
@@ -80,17 +80,6 @@ def _check_model(model: str) -> str:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     return model
-
-
-def _distinct_inliers(good: Matches, n_q: int, n_c: int) -> int:
-    """``min(#distinct query rows, #distinct candidate rows)`` of the inlier matches."""
-    if good.shape[0] == 0:
-        return 0
-    seen_q = np.zeros(n_q, bool)
-    seen_q[good[:, 0]] = True
-    seen_c = np.zeros(n_c, bool)
-    seen_c[good[:, 1]] = True
-    return int(min(np.count_nonzero(seen_q), np.count_nonzero(seen_c)))
 
 
 def verify(
@@ -214,8 +203,8 @@ def _verify(
 
 _PARAMS = ("top_n", "min_inliers", "matcher", "model", "method", "threshold", "max_iters",
            "confidence", "max_per_word", "max_matches", "ratio", "early_exit", "prefilter_iters",
-           "desc_max_per_word", "max_pairs", "max_keypoints", "order")
-ORDERS = ("inliers", "rank")
+           "desc_max_per_word", "max_pairs", "max_keypoints", "order", "min_coverage")
+ORDERS = ("inliers", "rank", "coverage")
 
 
 class SpatialVerifier:
@@ -255,10 +244,14 @@ class SpatialVerifier:
         ``"words+desc"``: cap on word pairs whose descriptor distance is computed.
     max_keypoints : int or None, default None
         Use only the query's strongest key points (by score), bounding the query's cost.
-    order : {"inliers", "rank"}, default "inliers"
-        Verified candidates first, by decreasing inliers, or in their input (first-stage)
-        order: verification as a filter, for a first stage (ASMK) that ranks copies above
-        other verifiable images (other views of the same object) better than inliers do.
+    order : {"inliers", "rank", "coverage"}, default "inliers"
+        Verified candidates first, by decreasing inliers, in their input (first-stage)
+        order (verification as a filter), or by decreasing :func:`inlier_coverage`.
+    min_coverage : float or None, default None
+        Copy detection: a candidate is verified only if its inliers' convex hull covers at
+        least this fraction of the hull of all its key points (a copy is the query's content
+        throughout; another photo of the same scene or object matches on a part). A
+        candidate failing it counts ``min(inliers, min_inliers - 1)``.
 
     Attributes
     ----------
@@ -268,8 +261,7 @@ class SpatialVerifier:
 
     Examples
     --------
-    >>> sv = SpatialVerifier(top_n=50, model="homography")
-    >>> sv.min_inliers
+    >>> SpatialVerifier(top_n=50, model="homography").min_inliers
     12
     """
 
@@ -293,6 +285,7 @@ class SpatialVerifier:
         max_pairs: int | None = 20_000,
         max_keypoints: int | None = None,
         order: str = "inliers",
+        min_coverage: float | None = None,
     ) -> None:
         self.top_n = top_n
         self.min_inliers = min_inliers
@@ -311,6 +304,7 @@ class SpatialVerifier:
         self.max_pairs = max_pairs
         self.max_keypoints = max_keypoints
         self.order = order
+        self.min_coverage = min_coverage
         self.stats_: dict[str, Any] = {}
 
     def get_params(self) -> dict[str, Any]:
@@ -412,6 +406,7 @@ class SpatialVerifier:
         q_kp = q["kp"]
         n_head = min(int(self.top_n), ids.shape[0])
         inliers = np.full(ids.shape[0], -1, np.int64)
+        cover = np.zeros(ids.shape[0])
         n_store = len(store)
         if self.matcher == "words+desc":
             q["batch"] = self._batch(q, store, sorted({int(c) for c in ids[:n_head]
@@ -435,16 +430,21 @@ class SpatialVerifier:
                     inliers[j] = pre
                     continue
             ransac += 1
-            inliers[j] = _verify(q_kp, c_kp, matches, self.model, self.method, self.threshold,
-                                 self.max_iters, self.confidence, 10)[0]
+            inliers[j], _, mask = _verify(q_kp, c_kp, matches, self.model, self.method,
+                                          self.threshold, self.max_iters, self.confidence, 10)
+            if inliers[j] >= self.min_inliers and (self.min_coverage or self.order == "coverage"):
+                cover[j] = inlier_coverage(c_kp, matches[mask, 1])
+                if self.min_coverage and cover[j] < self.min_coverage:
+                    inliers[j] = self.min_inliers - 1
             if inliers[j] >= self.min_inliers:
                 verified += 1
                 if self.early_exit is not None and verified >= self.early_exit:
                     break
         head = np.arange(n_head)
         good = head[inliers[:n_head] >= self.min_inliers]
-        if self.order == "inliers":
-            good = good[np.argsort(-inliers[good], kind="stable")]
+        if self.order != "rank":
+            key = cover if self.order == "coverage" else inliers
+            good = good[np.argsort(-key[good], kind="stable")]
         rest = head[inliers[:n_head] < self.min_inliers]
         order = np.concatenate([good, rest, np.arange(n_head, ids.shape[0])]).astype(np.int64)
         self.stats_ = {"examined": examined, "ransac": ransac, "verified": verified,
