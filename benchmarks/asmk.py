@@ -59,10 +59,11 @@ def harsh_copy(image: np.ndarray, rng: np.random.Generator, kind: str,
 KINDS = ("crop", "rotate", "perspective")
 
 
-def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):
+def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0,
+                   shared: Path = SHARED):
     """``(originals, distractors)`` paths of the copy set."""
-    ukb = sorted(list_images(SHARED / "datasets" / "ukbench-56"))[::4]
-    cal = list_images(SHARED / "datasets" / "caltech101-dev")
+    ukb = sorted(list_images(shared / "datasets" / "ukbench-56"))[::4]
+    cal = list_images(shared / "datasets" / "caltech101-dev")
     pick = np.random.default_rng(seed).permutation(len(cal))
     originals = ukb + [cal[i] for i in pick[:n_caltech_originals]]
     distractors = [cal[i] for i in pick[n_caltech_originals:n_caltech_originals + n_distractors]]
@@ -70,8 +71,8 @@ def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):
 
 
 def build_copy_set(n_caltech_originals: int, n_distractors: int, seed: int = 0,
-                   combined: bool = False, harsher: bool = False):
-    originals, distractors = copy_set_paths(n_caltech_originals, n_distractors, seed)
+                   combined: bool = False, harsher: bool = False, shared: Path = SHARED):
+    originals, distractors = copy_set_paths(n_caltech_originals, n_distractors, seed, shared)
     rng = np.random.default_rng(seed)
     gallery = [read_image(p, max_side=640) for p in originals + distractors]
     queries, truth = [], []
@@ -161,16 +162,19 @@ def main() -> None:
     ap.add_argument("--skip-ukbench", action="store_true")
     ap.add_argument("--combined", action="store_true",
                     help="crop every copy before its other geometric attack (harsher)")
+    ap.add_argument("--shared", type=Path, default=SHARED,
+                    help="folder holding datasets/ukbench-56 and datasets/caltech101-dev")
     ap.add_argument("--harsher", action="store_true",
                     help="--combined, rotations of 10-30 degrees, photometric change always")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ext = make_embedder("asmk", n_features=args.n_features)  # RootSIFT extraction for all
     gallery, queries, truth = build_copy_set(args.originals, args.distractors,
-                                             combined=args.combined, harsher=args.harsher)
+                                             combined=args.combined, harsher=args.harsher,
+                                             shared=args.shared)
     g_feats = [ext.extract(im) for im in gallery]
     q_feats = [ext.extract(im) for im in queries]
-    ukb = [read_image(p, max_side=640) for p in sorted(list_images(SHARED / "datasets"
+    ukb = [read_image(p, max_side=640) for p in sorted(list_images(args.shared / "datasets"
                                                                    / "ukbench-56"))]
     u_feats = [] if args.skip_ukbench else [ext.extract(im) for im in ukb]
     rows = []

@@ -172,7 +172,8 @@ def verify_and_expand(ret: Any, X: Any, k: int, steps: Sequence[str], queries: S
     D, I = ret.index.search(X, max(k, ret.sv_top))  # noqa: E741
     store = ret.feature_store()
     verifier = SpatialVerifier(top_n=ret.sv_top, min_inliers=ret.sv_min_inliers,
-                               matcher=ret.sv_features.mode)
+                               matcher=ret.sv_features.mode, order=ret.sv_order,
+                               min_coverage=ret.sv_min_coverage)
     verified: list[NDArray[np.int64]] = []
     for j, (query, bbox) in enumerate(zip(queries, bboxes, strict=True)):
         try:

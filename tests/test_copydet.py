@@ -131,7 +131,8 @@ def test_asmk_bundle_with_words_desc_verification_and_expansion(tmp_path):
                 [cv2.IMWRITE_JPEG_QUALITY, 30])
     emb = make_embedder("asmk", detector="sift", n_words=64, n_features=300)
     ret = Retriever(emb, n_jobs=1, rerank=["sv", "qe"], sv_matcher="words+desc", qe_k=2,
-                    sv_min_inliers=8).build(paths, output=tmp_path / "b")
+                    sv_min_inliers=8, sv_min_coverage=0.5, sv_order="rank").build(
+        paths, output=tmp_path / "b")
     store = ret.feature_store()
     assert store.has_words and store.has_descriptors
     # the stored words are the key points' ASMK words, one per stored key point
@@ -139,9 +140,54 @@ def test_asmk_bundle_with_words_desc_verification_and_expansion(tmp_path):
     assert store.get_words(0).shape[0] == kp.shape[0]
     back = Retriever.load(tmp_path / "b")
     assert back.sv_features.mode == "words+desc"
+    assert (back.sv_min_coverage, back.sv_order) == (0.5, "rank")
     for steps in ("sv", "sv,qe"):
         hits = back.search(copy, k=3, rerank=steps)
         assert hits[0].path == str(paths[6].resolve()), steps
     # expansion without verification (the top results, unchecked) runs on codes too
     hits = back.search(copy, k=3, rerank="qe")
     assert len({h.path for h in hits}) == 3
+
+
+@pytest.fixture(scope="module")
+def partial_scene(tmp_path_factory):
+    """A query, a copy of it (crop), and an image that shares only a corner with it."""
+    from cvretrieval.copies import attack_crop
+    from cvretrieval.features.local import LocalFeatureExtractor
+    from cvretrieval.featurestore import FeatureStore, FeatureStoreWriter
+
+    ext = LocalFeatureExtractor("sift", 600)
+    src = textured_image(21, (300, 400))
+    copy = attack_crop(src, np.random.default_rng(3), keep=(0.7, 0.8))
+    partial = textured_image(22, (300, 400)).copy()
+    partial[:200, :250] = src[:200, :250]  # same corner, the rest another scene
+    gallery = [partial, textured_image(23, (300, 400)), copy]
+    g_feats = [ext(im) for im in gallery]
+    directory = tmp_path_factory.mktemp("cover")
+    with FeatureStoreWriter(directory) as w:
+        for f in g_feats:
+            w.append(f)
+    return ext(src), FeatureStore.open(directory)
+
+
+def test_coverage_separates_a_copy_from_a_shared_corner(partial_scene):
+    from cvretrieval.rerank.spatial import SpatialVerifier
+
+    query, store = partial_scene
+    plain = SpatialVerifier(matcher="ratio", min_inliers=12)
+    order, inliers = plain.rerank(query, np.arange(3), store)
+    got = dict(zip(order.tolist(), inliers.tolist(), strict=True))
+    assert got[0] >= 12 and got[2] >= 12  # both verify on inliers alone
+    strict = SpatialVerifier(matcher="ratio", min_inliers=12, min_coverage=0.5)
+    order, inliers = strict.rerank(query, np.arange(3), store)
+    got = dict(zip(order.tolist(), inliers.tolist(), strict=True))
+    assert got[2] >= 12 and got[0] == 11  # the corner fails the coverage test
+    assert order.tolist() == [2, 0, 1] and strict.stats_["verified"] == 1
+    # verification as a filter keeps the first stage's order among verified results
+    rank = SpatialVerifier(matcher="ratio", min_inliers=12, order="rank")
+    assert rank.rerank(query, np.array([1, 2, 0]), store)[0].tolist() == [2, 0, 1]
+    assert rank.rerank(query, np.array([0, 1, 2]), store)[0].tolist() == [0, 2, 1]
+    by_cover = SpatialVerifier(matcher="ratio", min_inliers=12, order="coverage")
+    assert by_cover.rerank(query, np.array([0, 1, 2]), store)[0].tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="order"):
+        SpatialVerifier(order="best").rerank(query, np.arange(3), store)
