@@ -70,6 +70,10 @@ def test_keypoint_words_are_the_nearest_centres(fitted_asmk):
     assert (best <= d2.min(axis=1) + 1e-3 * np.abs(d2).max()).all()
     # the gallery side of ASMK aggregates exactly these words
     assert set(words.tolist()) == set(emb.reduce(feats[0]).words.tolist())
+    # after a query-side reduce (multiple assignment) its nearest words are reused: the same
+    emb.reduce(feats[0], query=True)
+    np.testing.assert_array_equal(emb.keypoint_words(feats[0]), words)
+    assert emb.keypoint_words(feats[1]).shape == (len(feats[1].descriptors),)
 
 
 def test_asmk_verifies_with_its_words_only_when_asked(fitted_asmk):
