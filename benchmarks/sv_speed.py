@@ -31,7 +31,18 @@ query retrieves its top ``--top-n`` (100), re-ranked by
 * ``+ QE``: then verified query expansion (Chum et al. 2007): the query's TF-IDF vector
   plus those of its ``--qe-k`` verified results is searched again, the new short list is
   verified too, and verified images come first by inliers;
-* ``ratio + MAGSAC`` (``--with-ratio``): brute-force descriptor ratio matching.
+* ``ratio + MAGSAC`` (``--with-ratio``): brute-force descriptor ratio matching;
+* ``(rank order)``: verified images first in the first stage's order (verification as a
+  filter) instead of by inliers;
+* ``(coverage...)``: copy detection, a verified candidate's inliers must also span
+  ``--min-coverage`` (0.5) of its key points' convex hull (other photos of the same scene
+  or object match on a part only); ``(coverage order)``: verified ones by coverage.
+
+``--first-stage asmk`` takes the short lists from ASMK* (``--asmk-words`` 4096 words,
+query multiple assignment 5) instead of BoVW; verification then matches on ASMK's words
+and QE searches with the query's and the verified images' codes together
+(:func:`cvretrieval.asmk_index.expand_codes`). ``--feature-cache FILE`` keeps the harsh
+set's SIFT features between runs; ``--dump FILE.npz`` saves every row's ranking.
 
 Reported: milliseconds of re-ranking per query (one process; query feature extraction,
 assignment and the first search are reported apart, the same for all rows), mAP, P@1
