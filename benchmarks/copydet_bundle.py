@@ -53,9 +53,12 @@ def main() -> None:
     ap.add_argument("--distractors", type=int, default=500)
     ap.add_argument("--features", default="asmk-sift")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--assignment", default=None, choices=("exact", "hnsw"),
+                    help="ASMK word assignment (default: the embedder's, exact for 4096 words)")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/copydet-bundle"))
+    ap.add_argument("--out", type=Path, default=OUT / "copydet_bundle.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     photos = [p for folder in args.photos for p in list_images(folder)]
@@ -70,7 +73,11 @@ def main() -> None:
         paths.append(str(p.resolve()))
     del gallery
     t0 = time.perf_counter()
-    ret = Retriever(args.features, n_jobs=args.n_jobs, rerank=["sv", "qe"], qe_k=3,
+    from cvretrieval.embedders import make_embedder
+
+    emb = make_embedder(args.features, **({"assignment": args.assignment} if args.assignment
+                                          else {}))
+    ret = Retriever(emb, n_jobs=args.n_jobs, rerank=["sv", "qe"], qe_k=3,
                     sv_matcher="words+desc", sv_min_coverage=0.5, sv_order="rank").build(
         paths, output=args.work / "bundle", progress=False)
     build_s = time.perf_counter() - t0
@@ -92,7 +99,7 @@ def main() -> None:
     cols = ["pipeline", "rerank", "ms/query (all)", "mAP", "P@1", "P@5"]
     print(markdown_table(rows, cols))  # noqa: T201
     print(f"build {build_s:.1f} s, {len(paths)} images")  # noqa: T201
-    write_json(OUT / "copydet_bundle.json", {"rows": rows, "build_s": round(build_s, 1),
+    write_json(args.out, {"rows": rows, "build_s": round(build_s, 1),
                                              "args": {k: str(v) for k, v in vars(args).items()}})
 
 
