@@ -35,18 +35,20 @@ from cvretrieval.io import list_images, read_image  # noqa: E402
 
 
 def harsh_copy(image: np.ndarray, rng: np.random.Generator, kind: str,
-               combined: bool = False) -> np.ndarray:
+               combined: bool = False, harsher: bool = False) -> np.ndarray:
     """One geometric attack (``kind``; with ``combined``, a crop first as well),
-    photometric half of the time, then always a 0.45-0.65 downscale and JPEG 12-25."""
+    photometric half of the time, then always a 0.45-0.65 downscale and JPEG 12-25.
+    ``harsher``: combined, rotations of 10-30 degrees, photometric always."""
+    combined = combined or harsher
     out = copies.attack_crop(image, rng, keep=(0.55, 0.75)) if combined else image
     if kind == "crop":
         out = copies.attack_crop(out, rng, keep=(0.55, 0.75))
-    elif kind == "rotate":
-        rot = copies.attack_rotate(out, rng, max_angle=30.0)  # 6-30 deg, cropped
+    elif kind == "rotate":  # 6-30 deg (10-30 with harsher), cropped to the valid rectangle
+        rot = copies.attack_rotate(out, rng, max_angle=30.0, min_angle=10.0 if harsher else None)
         out = rot if min(rot.shape[:2]) >= 16 else out
     else:
         out = copies.attack_perspective(out, rng, strength=float(rng.uniform(0.15, 0.25)))
-    if rng.random() < 0.5:
+    if harsher or rng.random() < 0.5:
         out = copies.attack_photometric(out, rng)
     f = rng.uniform(0.45, 0.65)
     h, w = out.shape[:2]
@@ -57,10 +59,11 @@ def harsh_copy(image: np.ndarray, rng: np.random.Generator, kind: str,
 KINDS = ("crop", "rotate", "perspective")
 
 
-def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):
+def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0,
+                   shared: Path = SHARED):
     """``(originals, distractors)`` paths of the copy set."""
-    ukb = sorted(list_images(SHARED / "datasets" / "ukbench-56"))[::4]
-    cal = list_images(SHARED / "datasets" / "caltech101-dev")
+    ukb = sorted(list_images(shared / "datasets" / "ukbench-56"))[::4]
+    cal = list_images(shared / "datasets" / "caltech101-dev")
     pick = np.random.default_rng(seed).permutation(len(cal))
     originals = ukb + [cal[i] for i in pick[:n_caltech_originals]]
     distractors = [cal[i] for i in pick[n_caltech_originals:n_caltech_originals + n_distractors]]
@@ -68,14 +71,14 @@ def copy_set_paths(n_caltech_originals: int, n_distractors: int, seed: int = 0):
 
 
 def build_copy_set(n_caltech_originals: int, n_distractors: int, seed: int = 0,
-                   combined: bool = False):
-    originals, distractors = copy_set_paths(n_caltech_originals, n_distractors, seed)
+                   combined: bool = False, harsher: bool = False, shared: Path = SHARED):
+    originals, distractors = copy_set_paths(n_caltech_originals, n_distractors, seed, shared)
     rng = np.random.default_rng(seed)
     gallery = [read_image(p, max_side=640) for p in originals + distractors]
     queries, truth = [], []
     for j in range(len(originals)):
         for kind in rng.choice(KINDS, size=2, replace=False):
-            queries.append(harsh_copy(gallery[j], rng, str(kind), combined))
+            queries.append(harsh_copy(gallery[j], rng, str(kind), combined, harsher))
             truth.append(j)
     return gallery, queries, np.array(truth)
 
@@ -159,14 +162,19 @@ def main() -> None:
     ap.add_argument("--skip-ukbench", action="store_true")
     ap.add_argument("--combined", action="store_true",
                     help="crop every copy before its other geometric attack (harsher)")
+    ap.add_argument("--shared", type=Path, default=SHARED,
+                    help="folder holding datasets/ukbench-56 and datasets/caltech101-dev")
+    ap.add_argument("--harsher", action="store_true",
+                    help="--combined, rotations of 10-30 degrees, photometric change always")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ext = make_embedder("asmk", n_features=args.n_features)  # RootSIFT extraction for all
     gallery, queries, truth = build_copy_set(args.originals, args.distractors,
-                                             combined=args.combined)
+                                             combined=args.combined, harsher=args.harsher,
+                                             shared=args.shared)
     g_feats = [ext.extract(im) for im in gallery]
     q_feats = [ext.extract(im) for im in queries]
-    ukb = [read_image(p, max_side=640) for p in sorted(list_images(SHARED / "datasets"
+    ukb = [read_image(p, max_side=640) for p in sorted(list_images(args.shared / "datasets"
                                                                    / "ukbench-56"))]
     u_feats = [] if args.skip_ukbench else [ext.extract(im) for im in ukb]
     rows = []
@@ -185,7 +193,8 @@ def main() -> None:
         print(row, flush=True)  # noqa: T201 - a script
     cols = ["method", "copies mAP", "ukbench N-S", "query ms", "bytes/image", "total s"]
     print(markdown_table(rows, [c for c in cols if c in rows[0]]))  # noqa: T201
-    name = "asmk-combined.json" if args.combined else "asmk.json"
+    name = ("asmk-harsher.json" if args.harsher else "asmk-combined.json" if args.combined
+            else "asmk.json")
     write_json(OUT / name, {"rows": rows, "queries": len(queries), "gallery": len(gallery),
                             "args": vars(args)})
 

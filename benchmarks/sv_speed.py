@@ -31,7 +31,18 @@ query retrieves its top ``--top-n`` (100), re-ranked by
 * ``+ QE``: then verified query expansion (Chum et al. 2007): the query's TF-IDF vector
   plus those of its ``--qe-k`` verified results is searched again, the new short list is
   verified too, and verified images come first by inliers;
-* ``ratio + MAGSAC`` (``--with-ratio``): brute-force descriptor ratio matching.
+* ``ratio + MAGSAC`` (``--with-ratio``): brute-force descriptor ratio matching;
+* ``(rank order)``: verified images first in the first stage's order (verification as a
+  filter) instead of by inliers;
+* ``(coverage...)``: copy detection, a verified candidate's inliers must also span
+  ``--min-coverage`` (0.5) of its key points' convex hull (other photos of the same scene
+  or object match on a part only); ``(coverage order)``: verified ones by coverage.
+
+``--first-stage asmk`` takes the short lists from ASMK* (``--asmk-words`` 4096 words,
+query multiple assignment 5) instead of BoVW; verification then matches on ASMK's words
+and QE searches with the query's and the verified images' codes together
+(:func:`cvretrieval.asmk_index.expand_codes`). ``--feature-cache FILE`` keeps the harsh
+set's SIFT features between runs; ``--dump FILE.npz`` saves every row's ranking.
 
 Reported: milliseconds of re-ranking per query (one process; query feature extraction,
 assignment and the first search are reported apart, the same for all rows), mAP, P@1
@@ -52,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 import tempfile
 import time
@@ -164,30 +176,137 @@ def _ranks_and_scores(ranked: np.ndarray, gnd: list[dict]) -> dict[str, float]:
             "P@5": round(float(pr[1]), 4)}
 
 
-def _verified_qe(sv, q_feat, q_words, xq, index, xb, store, order, inliers, top_n, qe_k):
-    """Chum et al. 2007: the query's vector plus those of its top ``qe_k`` verified results
-    searched again; the new short list verified too; verified images first (by inliers)."""
+def _verified_qe(sv, q_feat, q_words, requery, store, order, inliers, top_n, qe_k):
+    """Chum et al. 2007: the query expanded with its top ``qe_k`` verified results is
+    searched again (``requery(good)`` -> ids, best first); the new short list is verified
+    too; verified images first (by inliers, or with ``order="rank"`` those of the first
+    search then the new ones, each in search order), then the unverified ones in the order of the
+    expanded search, then those of the first search."""
     good = order[inliers >= sv.min_inliers][:qe_k]
     if len(good) == 0:
         return order
-    xe = xq + xb[good].sum(axis=0)
-    xe = sp.csr_matrix(xe / max(np.linalg.norm(np.asarray(xe)), 1e-12))
-    _, again = index.search(xe, top_n)
+    again = requery(good)
     seen = set(order[inliers >= sv.min_inliers].tolist())
-    fresh = np.array([c for c in again[0] if c >= 0 and c not in seen], np.int64)
+    fresh = np.array([c for c in again if c >= 0 and c not in seen], np.int64)
     o2, i2 = sv.rerank(q_feat, fresh, store, query_words=q_words)
     ids = np.concatenate([order[inliers >= sv.min_inliers], o2[i2 >= sv.min_inliers]])
     cnt = np.concatenate([inliers[inliers >= sv.min_inliers], i2[i2 >= sv.min_inliers]])
-    ids = ids[np.argsort(-cnt, kind="stable")]
-    rest = [c for c in again[0] if c >= 0 and c not in set(ids.tolist())]
+    if sv.order == "inliers":
+        ids = ids[np.argsort(-cnt, kind="stable")]
+    rest = [c for c in again if c >= 0 and c not in set(ids.tolist())]
     rest += [c for c in order if c not in set(ids.tolist()) and c not in set(rest)]
     return np.array([*ids.tolist(), *rest], np.int64)[: len(order)]
 
 
-def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+class FirstStage:
+    """A first stage's short lists, the visual words the verification matches on, and
+    the expanded search of query expansion (``requery(qi, good_ids)``)."""
+
+    def __init__(self, name: str, n_words: int) -> None:
+        self.name, self.n_words = name, n_words
+        self.shortlist: np.ndarray = np.zeros((0, 0), np.int64)
+        self.g_words: list[np.ndarray] = []
+        self.q_words: list[np.ndarray] = []
+        self.q_words3: list[np.ndarray] = []
+        self.ms: dict[str, float] = {}
+        self._requery: Any = None
+
+    def requery(self, qi: int, good: np.ndarray) -> np.ndarray:
+        return self._requery(qi, good)
+
+
+def bovw_first_stage(args, g_feats, q_feats, top_n: int) -> FirstStage:
+    """TF-IDF BoVW on a ``--words`` k-means vocabulary in a sparse inverted file; QE adds
+    the verified images' TF-IDF vectors to the query's."""
+    t0 = time.perf_counter()
+    sample = sample_descriptors([f.descriptors for f in g_feats], args.max_descriptors, args.seed)
+    n_words = min(args.words, len(sample))
+    vocab = KMeansVocabulary(n_words, niter=args.niter, random_state=args.seed).fit(sample)
+    fs = FirstStage(f"BoVW {n_words} words", n_words)
+    fs.ms["vocabulary_s"] = round(time.perf_counter() - t0, 1)
+    fs.g_words = [vocab.assign(f.descriptors) for f in g_feats]
+    t0 = time.perf_counter()
+    fs.q_words = [vocab.assign(f.descriptors) for f in q_feats]
+    fs.ms["assign"] = 1000 * (time.perf_counter() - t0) / len(q_feats)
+    # multiple assignment of the query's key points (their 3 nearest words)
+    fs.q_words3 = [faiss.knn(np.ascontiguousarray(f.descriptors, np.float32), vocab.centers_,
+                             min(3, n_words))[1] for f in q_feats]
+    tf = bovw.term_frequencies(fs.g_words, n_words)
+    idf = bovw.idf_weights(bovw.document_frequencies(tf), tf.shape[0])
+    xb = bovw.tfidf(tf, idf).tocsr()
+    index = SparseIndex(n_words).build(xb)
+    xq = bovw.tfidf(bovw.term_frequencies(fs.q_words, n_words), idf).tocsr()
+    t0 = time.perf_counter()
+    _, fs.shortlist = index.search(xq, top_n)
+    fs.ms["search"] = 1000 * (time.perf_counter() - t0) / len(q_feats)
+
+    def requery(qi: int, good: np.ndarray) -> np.ndarray:
+        xe = xq[qi] + xb[good].sum(axis=0)
+        xe = sp.csr_matrix(xe / max(np.linalg.norm(np.asarray(xe)), 1e-12))
+        return index.search(xe, top_n)[1][0]
+
+    fs._requery = requery
+    return fs
+
+
+def asmk_first_stage(args, g_feats, q_feats, top_n: int) -> FirstStage:
+    """ASMK* (:class:`~cvretrieval.embedders.asmk.ASMKEmbedder`, ``--asmk-words`` words,
+    query multiple assignment 5); the verification matches on its words (single
+    assignment); QE searches with the query's and the verified images' codes together
+    (:func:`~cvretrieval.asmk_index.expand_codes`, as ``cvret search`` does)."""
+    from cvretrieval.asmk_index import expand_codes
+    from cvretrieval.embedders.asmk import ASMKEmbedder
+    from cvretrieval.features.asmk import as_float_descriptors
+
+    t0 = time.perf_counter()
+    emb = ASMKEmbedder(detector=args.detector, n_features=args.n_features,
+                       n_words=args.asmk_words, max_descriptors=args.max_descriptors,
+                       niter=args.niter, random_state=args.seed).fit(g_feats)
+    n_words = int(emb.n_words)
+    fs = FirstStage(f"ASMK {n_words} words", n_words)
+    g_codes = [emb.reduce(f) for f in g_feats]
+    index = emb.make_index()
+    index.add_with_ids(g_codes, np.arange(len(g_codes)))
+    fs.ms["vocabulary_s"] = round(time.perf_counter() - t0, 1)
+
+    def words3(f) -> np.ndarray:  # query multiple assignment (3 words, within ma_ratio)
+        w = emb._assign(as_float_descriptors(f.descriptors), 3)
+        return np.where(w < 0, w[:, :1], w)
+
+    fs.g_words = [emb.keypoint_words(f) for f in g_feats]
+    fs.q_words = [emb.keypoint_words(f) for f in q_feats]
+    fs.q_words3 = [words3(f) for f in q_feats]
+    t0 = time.perf_counter()
+    q_codes = [emb.reduce(f, query=True) for f in q_feats]
+    fs.ms["assign"] = 1000 * (time.perf_counter() - t0) / len(q_feats)
+    t0 = time.perf_counter()
+    q_scores = [index.scores(c) for c in q_codes]
+    fs.shortlist = np.stack([np.argsort(-s, kind="stable")[:top_n] for s in q_scores])
+    fs.ms["search"] = 1000 * (time.perf_counter() - t0) / len(q_feats)
+
+    def requery(qi: int, good: np.ndarray) -> np.ndarray:
+        s = index.scores(expand_codes(q_codes[qi], [g_codes[int(j)] for j in good]))
+        return np.argsort(-s, kind="stable")[:top_n]
+
+    fs._requery = requery
+    return fs
+
+
+def harsh_features(args: argparse.Namespace):
+    """``(q_feats, g_feats, gnd, extract_s, q_extract_ms)`` of the harsh set, read from
+    ``--feature-cache`` when it holds this set (same photos, sizes, seed and detector)."""
     photos = [p for folder in args.photos for p in list_images(folder)]
     if not photos:
         raise SystemExit(f"no photos under {args.photos}")
+    key = [str(x) for x in (args.photos, args.queries, args.distractors, args.max_side,
+                            args.seed, args.min_query_side, args.detector, args.n_features)]
+    cache = args.feature_cache
+    if cache is not None and cache.exists():
+        with open(cache, "rb") as fh:
+            got = pickle.load(fh)
+        if got["key"] == key:
+            logger.warning("features read from %s", cache)
+            return got["data"]
     t0 = time.perf_counter()
     q_imgs, g_imgs, gnd = make_harsh_set(photos, args.queries, args.distractors,
                                          args.max_side, args.seed, args.min_query_side)
@@ -200,33 +319,24 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     q_feats = _extract(q_imgs, args.detector, args.n_features, 1)
     q_extract_ms = 1000 * (time.perf_counter() - t0) / len(q_imgs)
     del g_imgs
+    data = (q_feats, g_feats, gnd, extract_s, q_extract_ms)
+    if cache is not None:
+        with open(cache, "wb") as fh:
+            pickle.dump({"key": key, "data": data}, fh)
+    return data
 
-    t0 = time.perf_counter()
-    sample = sample_descriptors([f.descriptors for f in g_feats], args.max_descriptors, args.seed)
-    n_words = min(args.words, len(sample))
-    vocab = KMeansVocabulary(n_words, niter=args.niter, random_state=args.seed).fit(sample)
-    vocab_s = time.perf_counter() - t0
-    g_words = [vocab.assign(f.descriptors) for f in g_feats]
-    t0 = time.perf_counter()
-    q_words = [vocab.assign(f.descriptors) for f in q_feats]
-    q_assign_ms = 1000 * (time.perf_counter() - t0) / len(q_imgs)
-    # multiple assignment of the query's key points (their 3 nearest words)
-    q_words3 = [faiss.knn(np.ascontiguousarray(f.descriptors, np.float32), vocab.centers_,
-                          min(3, n_words))[1] for f in q_feats]
 
-    tf = bovw.term_frequencies(g_words, n_words)
-    idf = bovw.idf_weights(bovw.document_frequencies(tf), tf.shape[0])
-    xb = bovw.tfidf(tf, idf).tocsr()
-    index = SparseIndex(n_words).build(xb)
-    xq = bovw.tfidf(bovw.term_frequencies(q_words, n_words), idf).tocsr()
+def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    q_feats, g_feats, gnd, extract_s, q_extract_ms = harsh_features(args)
+
     top_n = min(args.top_n, len(g_feats))
-    t0 = time.perf_counter()
-    _, shortlist = index.search(xq, top_n)
-    search_ms = 1000 * (time.perf_counter() - t0) / len(q_imgs)
-
+    make = asmk_first_stage if args.first_stage == "asmk" else bovw_first_stage
+    fs = make(args, g_feats, q_feats, top_n)
+    shortlist, g_words = fs.shortlist, fs.g_words
+    q_words, q_words3 = fs.q_words, fs.q_words3
     in_list = [len(set(g["ok"]) & set(shortlist[i].tolist())) for i, g in enumerate(gnd)]
     recall = sum(in_list) / sum(len(g["ok"]) for g in gnd)
-    logger.warning("copies in the BoVW top %d: %.3f", top_n, recall)
+    logger.warning("copies in the %s top %d: %.3f", fs.name, top_n, recall)
 
     store_dir = work / "store"
     with FeatureStoreWriter(store_dir, words=True, max_keypoints=args.n_features,
@@ -238,14 +348,26 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     words = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers)
     desc = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc")
+    desc_rank = SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc",
+                                order="rank")
+    cov = {order: SpatialVerifier(top_n=top_n, min_inliers=args.min_inliers, matcher="words+desc",
+                                  min_coverage=args.min_coverage, order=order)
+           for order in ("inliers", "rank", "coverage")}
     configs: dict[str, tuple[Any, bool, list]] = {
-        "none (BoVW top-n)": (None, False, q_words),
+        "none (first stage top-n)": (None, False, q_words),
         "words (default)": (words, False, q_words),
         "words+desc": (desc, False, q_words),
         "words+desc, query MA 3": (desc, False, q_words3),
         "words + QE": (words, True, q_words),
         "words+desc + QE": (desc, True, q_words),
         "words+desc, query MA 3 + QE": (desc, True, q_words3),
+        "words+desc (rank order)": (desc_rank, False, q_words),
+        "words+desc + QE (rank order)": (desc_rank, True, q_words),
+        "words+desc (coverage)": (cov["inliers"], False, q_words),
+        "words+desc + QE (coverage)": (cov["inliers"], True, q_words),
+        "words+desc (coverage; rank order)": (cov["rank"], False, q_words),
+        "words+desc + QE (coverage; rank order)": (cov["rank"], True, q_words),
+        "words+desc (coverage order)": (cov["coverage"], False, q_words),
     }
     if args.with_ratio:
         configs["ratio + MAGSAC"] = (
@@ -254,7 +376,7 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.only:
         keep = {n.strip() for n in args.only.split(",")}
         configs = {k: v for k, v in configs.items() if k in keep}
-    rows = []
+    rows, dump = [], {"shortlist": shortlist}
     for name, (sv, qe, qws) in configs.items():
         ranked = shortlist.copy()
         seconds, ransac = 0.0, 0
@@ -264,23 +386,30 @@ def run_sv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 order, inl = sv.rerank(q_feats[qi], shortlist[qi], store, query_words=qws[qi])
                 ransac += sv.stats_["ransac"]
                 if qe:
-                    order = _verified_qe(sv, q_feats[qi], qws[qi], xq[qi], index, xb, store,
+                    order = _verified_qe(sv, q_feats[qi], qws[qi],
+                                         lambda good, qi=qi: fs.requery(qi, good), store,
                                          order, inl, top_n, args.qe_k)
                 seconds += time.perf_counter() - t
                 ranked[qi] = order
+        dump[name] = ranked
         row = {"rerank": name, **_ranks_and_scores(ranked, gnd)}
         row["ms_per_query"] = round(1000 * seconds / len(q_feats), 1) if sv else 0.0
         row["ransac_per_query"] = round(ransac / len(q_feats), 1)
         rows.append(row)
         logger.warning("%s: %s", name, row)
+    if args.dump is not None:
+        np.savez_compressed(args.dump, **dump)
     return {
         "params": {"queries": len(q_feats), "gallery": len(store), "top_n": top_n,
-                   "detector": args.detector, "n_features": args.n_features, "words": n_words,
+                   "detector": args.detector, "n_features": args.n_features,
+                   "first_stage": fs.name, "words": fs.n_words,
                    "max_side": args.max_side, "seed": args.seed, "qe_k": args.qe_k,
-                   "min_inliers": args.min_inliers, "shortlist_recall": round(recall, 4)},
-        "seconds": {"extract_gallery": round(extract_s, 1), "vocabulary": round(vocab_s, 1)},
-        "ms_per_query": {"extract": round(q_extract_ms, 1), "assign": round(q_assign_ms, 1),
-                         "search": round(search_ms, 2)},
+                   "min_inliers": args.min_inliers, "min_coverage": args.min_coverage,
+                   "shortlist_recall": round(recall, 4)},
+        "seconds": {"extract_gallery": round(extract_s, 1),
+                    "vocabulary": fs.ms["vocabulary_s"]},
+        "ms_per_query": {"extract": round(q_extract_ms, 1), "assign": round(fs.ms["assign"], 1),
+                         "search": round(fs.ms["search"], 2)},
         "store": store.stats(),
         "rows": rows,
         "table": markdown_table(rows, SV_COLUMNS),
@@ -369,11 +498,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--detector", default="sift")
     ap.add_argument("--n-features", type=int, default=1000)
     ap.add_argument("--max-side", type=int, default=640)
+    ap.add_argument("--first-stage", choices=("bovw", "asmk"), default="bovw",
+                    help="short lists from TF-IDF BoVW (--words) or ASMK* (--asmk-words)")
     ap.add_argument("--words", type=int, default=1000)
+    ap.add_argument("--asmk-words", type=int, default=4096)
     ap.add_argument("--niter", type=int, default=10, help="k-means iterations")
     ap.add_argument("--max-descriptors", type=int, default=200_000)
     ap.add_argument("--top-n", type=int, default=100)
     ap.add_argument("--min-inliers", type=int, default=12)
+    ap.add_argument("--min-coverage", type=float, default=0.5,
+                    help="rows '(coverage...)': inliers' hull over the candidate's key points")
     ap.add_argument("--qe-k", type=int, default=3, help="verified results that expand a query")
     ap.add_argument("--with-ratio", action="store_true", help="also brute-force ratio matching")
     ap.add_argument("--n-jobs", type=int, default=-1)
@@ -388,6 +522,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="comma-separated row names to run (default: all)")
     ap.add_argument("--skip-sv", action="store_true")
     ap.add_argument("--skip-sparse", action="store_true")
+    ap.add_argument("--feature-cache", type=Path, default=None,
+                    help="pickle of the harsh set's features, reused by later runs")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="npz of every row's final ranking (and the short lists)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT / "sv_speed.json")

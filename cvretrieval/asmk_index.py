@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from .errors import BundleError
 from .features.asmk import selective_kernel
 
-__all__ = ["AsmkCodes", "AsmkIndex", "pack_codes", "unpack_codes"]
+__all__ = ["AsmkCodes", "AsmkIndex", "expand_codes", "pack_codes", "unpack_codes"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,38 @@ def unpack_codes(
     """Inverse of :func:`pack_codes` (views, no copies)."""
     return [AsmkCodes(words[lims[i] : lims[i + 1]], codes[lims[i] : lims[i + 1]])
             for i in range(len(lims) - 1)]
+
+
+def expand_codes(query: AsmkCodes, others: Sequence[AsmkCodes]) -> AsmkCodes:
+    """Query expansion for ASMK: the query's codes and those of ``others`` (e.g. its
+    spatially verified results, Chum et al. 2007) as one query.
+
+    :meth:`AsmkIndex.scores` sums the kernel over every (query entry, posting) pair of a
+    word, so a word may repeat: the expanded query scores an image by the sum of the
+    query's and the others' kernel matches with it (one common normalisation by the
+    combined IDF mass, which does not change the ranking). Entries are sorted by word
+    (stable: the query's first). Returns ``query`` itself when ``others`` is empty.
+
+    Examples
+    --------
+    >>> q = AsmkCodes(np.array([1, 4], np.uint32), np.array([[1], [2]], np.uint8))
+    >>> o = AsmkCodes(np.array([1, 2], np.uint32), np.array([[3], [4]], np.uint8))
+    >>> e = expand_codes(q, [o])
+    >>> e.words.tolist(), e.codes[:, 0].tolist()
+    ([1, 1, 2, 4], [1, 3, 4, 2])
+    """
+    items = [query, *others]
+    if len(items) == 1:
+        return query
+    n_bytes = int(np.asarray(query.codes).reshape(len(query), -1).shape[1]) if len(query) else (
+        max((np.asarray(o.codes).reshape(len(o), -1).shape[1] for o in others if len(o)),
+            default=0))
+    for it in items:
+        if len(it) and np.asarray(it.codes).reshape(len(it), -1).shape[1] != n_bytes:
+            raise ValueError("codes of different lengths: expand with items of one embedder")
+    words, codes, _ = pack_codes(items, n_bytes)
+    order = np.argsort(words, kind="stable")
+    return AsmkCodes(words[order], codes[order])
 
 
 class AsmkIndex:

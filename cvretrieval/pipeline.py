@@ -117,11 +117,20 @@ class SVFeatures:
             raise ValueError(f"sv_matcher must be 'words' or 'words+desc', got {matcher!r}")
         if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
             return cls(matcher, embedder.detector, embedder.n_features, True)
+        if matcher == "words+desc" and hasattr(embedder, "keypoint_words") and detector in (
+                None, getattr(embedder, "detector", None)):  # ASMK: its words + descriptors
+            return cls(matcher, embedder.detector, embedder.n_features, True)
         own = isinstance(embedder, LocalFeatureEmbedder) or (
             getattr(embedder, "local_features", False) and hasattr(embedder, "detector"))
         if own and detector in (None, getattr(embedder, "detector", None)):
             return cls("ratio", embedder.detector, embedder.n_features, True)
         return cls("ratio", detector or "sift", 1000, False)
+
+    @staticmethod
+    def words_of(embedder: Embedder, features: LocalFeatures, reduced: Any) -> Any:
+        """The key points' words: BoVW's reduced result, or ``keypoint_words`` (ASMK)."""
+        words = getattr(embedder, "keypoint_words", None)
+        return reduced if words is None else words(features)
 
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "detector": self.detector, "n_features": self.n_features,
@@ -265,7 +274,7 @@ def run_chunk(job: Job, tasks: Sequence[Task]) -> list[Item]:
                 items[i].keypoints = job.sv.features(feats, by_item.get(i), tasks[i][1],
                                                      job.max_side)
                 if job.sv.uses_words:
-                    items[i].words = reduced[i]
+                    items[i].words = job.sv.words_of(emb, feats, reduced[i])
             except Exception as exc:
                 items[i].error = f"cannot extract key points from {tasks[i][1]}: {exc}"
                 del reduced[i]

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 BBox = tuple[float, float, float, float]
 __all__ = ["RERANK_STEPS", "Hit", "Retriever", "check_k", "parse_rerank",
            "read_bundle_manifest"]
-_OPTIONS = ("pca_whiten", "whiten_shrinkage", "dba", "rerank", "qe_k", "qe_alpha",
-            "store_features", "sv_detector", "sv_top", "sv_min_inliers", "sv_matcher")
+_OPTIONS = ("pca_whiten", "whiten_shrinkage", "dba", "rerank", "qe_k", "qe_alpha", "store_features",
+            "sv_detector", "sv_top", "sv_min_inliers", "sv_matcher", "sv_min_coverage", "sv_order")
 
 
 def read_bundle_manifest(root: Path) -> dict[str, Any]:
@@ -85,7 +85,9 @@ class Retriever(BundleWriting):
         Verification detector (default the embedder's own), results verified, inliers needed.
     sv_matcher : {'words', 'words+desc'}, default 'words'
         BoVW verification: pairs of equal words, or those pairs whose descriptors also
-        agree (more robust on harsh copies; the bundle keeps the descriptors, ~50 kB/image).
+        agree (~50 kB/image more); with ASMK, its own words (else: ratio matching).
+    sv_min_coverage, sv_order
+        ``min_coverage`` and ``order`` of :class:`~cvretrieval.rerank.spatial.SpatialVerifier`.
     feature_cache : path, optional
         Share extracted local features between embedders by image content hash.
     lock_timeout : float, default 3600
@@ -127,6 +129,7 @@ class Retriever(BundleWriting):
         sv_top: int = 100,
         sv_min_inliers: int = 12,
         sv_matcher: str = "words",
+        sv_min_coverage: float | None = None, sv_order: str = "inliers",
         feature_cache: str | os.PathLike | None = None,
         lock_timeout: float = 3600.0,
         reuse_vectors: bool = True,
@@ -153,7 +156,8 @@ class Retriever(BundleWriting):
         self.sv_detector = sv_detector
         self.sv_top = int(sv_top)
         self.sv_min_inliers = int(sv_min_inliers)
-        self.sv_matcher = sv_matcher
+        self.sv_matcher, self.sv_order = sv_matcher, sv_order
+        self.sv_min_coverage = None if sv_min_coverage is None else float(sv_min_coverage)
         self.feature_cache = feature_cache
         self.lock_timeout = float(lock_timeout)
         self.reuse_vectors = bool(reuse_vectors)
@@ -238,6 +242,7 @@ class Retriever(BundleWriting):
             "qe_alpha": self.qe_alpha, "store_features": self.store_features,
             "sv_detector": self.sv_detector, "sv_top": self.sv_top,
             "sv_min_inliers": self.sv_min_inliers, "sv_matcher": self.sv_matcher,
+            "sv_min_coverage": self.sv_min_coverage, "sv_order": self.sv_order,
             "sv_features": self.sv_features.config() if self.store_features else None,
         }
 
@@ -420,9 +425,6 @@ class Retriever(BundleWriting):
 
     def _steps(self, rerank: Sequence[str] | str | None) -> tuple[str, ...]:
         steps = self.rerank if rerank is None else parse_rerank(rerank)
-        if "qe" in steps and self.items:
-            raise ValueError(f"query expansion averages vectors; {self.embedder.name} gives "
-                             "none: use --rerank sv, or a vector embedder")
         missing = [s for s in steps if s not in self.supports_rerank]
         if missing:
             raise ValueError(

@@ -71,6 +71,13 @@ def expand_queries(ret: Any, X: Any, E: NDArray[np.int64], S: NDArray[np.float32
     local = np.where(valid, np.searchsorted(uniq, np.where(valid, E, uniq[0] if len(uniq) else 0)),
                      -1)
     xb = ret.rows(uniq) if len(uniq) else None
+    if ret.items:  # ASMK: the codes of the query and its results as one query (no weights)
+        from .asmk_index import expand_codes
+
+        if xb is None:
+            return X
+        return _ItemList([expand_codes(X[j], [xb[int(p)] for p in local[j] if p >= 0])
+                          for j in range(E.shape[0])])
     if not ret.sparse:
         from .rerank.qe import alpha_query_expansion, average_query_expansion
 
@@ -128,7 +135,8 @@ def search_images(ret: Any, queries: Sequence[Any], k: int, bboxes: Sequence[Any
         for qi, (q, bb) in enumerate(zip(queries, boxes, strict=True)):
             try:
                 f, r = query_features(ret, q, bb)
-                feats[qi] = (f, r if ret.sv_features.uses_words else None)
+                feats[qi] = (f, ret.sv_features.words_of(ret.embedder, f, r)
+                             if ret.sv_features.uses_words else None)
                 reduced[qi] = r
             except (ImageReadError, ValueError, OSError) as exc:
                 errors[qi] = str(exc)
@@ -164,7 +172,8 @@ def verify_and_expand(ret: Any, X: Any, k: int, steps: Sequence[str], queries: S
     D, I = ret.index.search(X, max(k, ret.sv_top))  # noqa: E741
     store = ret.feature_store()
     verifier = SpatialVerifier(top_n=ret.sv_top, min_inliers=ret.sv_min_inliers,
-                               matcher=ret.sv_features.mode)
+                               matcher=ret.sv_features.mode, order=ret.sv_order,
+                               min_coverage=ret.sv_min_coverage)
     verified: list[NDArray[np.int64]] = []
     for j, (query, bbox) in enumerate(zip(queries, bboxes, strict=True)):
         try:
@@ -172,8 +181,8 @@ def verify_and_expand(ret: Any, X: Any, k: int, steps: Sequence[str], queries: S
                 feats, words = query_feats[j]
             else:
                 feats, words = query_features(ret, query, bbox)
-                if not ret.sv_features.uses_words:
-                    words = None
+                words = (ret.sv_features.words_of(ret.embedder, feats, words)
+                         if ret.sv_features.uses_words and ret.sv_features.own else None)
         except (ImageReadError, ValueError) as exc:  # the vector search still stands
             logger.warning("no spatial verification for query %d: %s", j, exc)
             verified.append(np.zeros(0, np.int64))

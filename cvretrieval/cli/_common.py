@@ -147,7 +147,14 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sv-matcher", type=click.Choice(["words", "words+desc"]),
                      default="words", show_default=True,
                      help="BoVW verification: equal words, or equal words whose descriptors "
-                          "also agree (stores descriptors)."),
+                          "also agree (stores descriptors); words+desc also makes ASMK verify "
+                          "with its own words (else: brute-force ratio matching)."),
+        click.option("--sv-min-coverage", type=click.FloatRange(0, 1), default=None,
+                     metavar="F", help="Copy detection: a verified image's inliers must span "
+                                       "this fraction of its key points' hull (e.g. 0.5)."),
+        click.option("--sv-order", type=click.Choice(["inliers", "rank", "coverage"]),
+                     default="inliers", show_default=True,
+                     help="Verified results by inliers, by first-stage rank, or by coverage."),
         click.option("--qe-k", type=click.IntRange(0), default=5, show_default=True,
                      help="Top results that expand a query."),
         click.option("--qe-alpha", type=float, default=3.0, show_default=True,

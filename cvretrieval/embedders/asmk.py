@@ -119,9 +119,10 @@ class ASMKEmbedder(LocalFeatureEmbedder):
         self._init_local()
         self.he_: HammingEmbedding | None = None
         self._assigner: Any = None
+        self._nearest: Any = None  # (descriptors, their nearest words) of the last reduce
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_assigner": None}  # rebuilt in each worker
+        return {**self.__dict__, "_assigner": None, "_nearest": None}  # rebuilt in each worker
 
     @property
     def dim(self) -> int:
@@ -201,11 +202,22 @@ class ASMKEmbedder(LocalFeatureEmbedder):
         self._check_fitted()
         x = as_float_descriptors(features.descriptors)
         words = self._assign(x, int(self.multiple_assignment) if query else 1)
+        self._nearest = (features.descriptors, words[:, 0].copy())
         uniq, agg = aggregate_residuals(x, words, self.vocabulary_.centers_)
         assert self.he_ is not None
         codes = (self.he_.encode(agg, uniq) if len(uniq)
                  else np.zeros((0, int(self.n_bits) // 8), np.uint8))
         return AsmkCodes(uniq.astype(np.uint32), codes)
+
+    def keypoint_words(self, features: LocalFeatures) -> NDArray[np.int64]:
+        """``(n,)`` nearest word of each key point (single assignment): the words that
+        spatial verification with ``matcher="words+desc"`` pairs key points by (those of
+        the last :meth:`reduce` when it was given the same features: no second search)."""
+        self._check_fitted()
+        last = getattr(self, "_nearest", None)
+        if last is not None and last[0] is features.descriptors:
+            return last[1].copy()
+        return self._assign(as_float_descriptors(features.descriptors), 1)[:, 0]
 
     def has_features(self, reduced: AsmkCodes) -> bool:
         """False for an image without local features (no words)."""

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "QueryWords",
+    "inlier_coverage",
     "pair_distances",
     "query_words",
     "tentative_matches_ratio",
@@ -425,3 +426,52 @@ def tentative_matches_words_desc(
         q_words, [c_words], q_desc, [c_desc], ratio=ratio, max_per_word=max_per_word,
         max_pairs=max_pairs, binary=binary,
     )[0]
+
+
+def _descriptor_scale(store: Any) -> float | None:
+    """The one quantisation scale of a store's float descriptors (1.0 when unscaled), or
+    None when unknown: a bundle's segments (``store.stores``) may each have their own,
+    and then the de-quantised float descriptors are compared instead."""
+    parts = getattr(store, "stores", None) or [store]
+    scales = set()
+    for part in parts:
+        info = getattr(part, "info", None)
+        if not isinstance(info, dict):
+            return None
+        scales.add(float((info.get("descriptors") or {}).get("scale") or 1.0))
+    return scales.pop() if len(scales) == 1 else None
+
+
+def _distinct_inliers(good: Matches, n_q: int, n_c: int) -> int:
+    """``min(#distinct query rows, #distinct candidate rows)`` of the inlier matches."""
+    if good.shape[0] == 0:
+        return 0
+    seen_q = np.zeros(n_q, bool)
+    seen_q[good[:, 0]] = True
+    seen_c = np.zeros(n_c, bool)
+    seen_c[good[:, 1]] = True
+    return int(min(np.count_nonzero(seen_q), np.count_nonzero(seen_c)))
+
+
+def inlier_coverage(keypoints: NDArray[np.floating], rows: NDArray[np.integer]) -> float:
+    """Area of the convex hull of ``keypoints[rows]`` (an image's inlier key points) over
+    that of all its ``keypoints``, in [0, 1]; 0 for fewer than 3 points or a flat hull.
+
+    Examples
+    --------
+    >>> kp = np.array([[0, 0], [10, 0], [10, 10], [0, 10], [5, 5]], np.float32)
+    >>> inlier_coverage(kp, [0, 1, 2, 3])
+    1.0
+    >>> inlier_coverage(kp, [0, 1, 4])
+    0.25
+    """
+    import cv2
+
+    kp = np.ascontiguousarray(np.asarray(keypoints, np.float32).reshape(-1, 2))
+    rows = np.unique(np.asarray(rows, np.int64))
+    if rows.shape[0] < 3 or kp.shape[0] < 3:
+        return 0.0
+    full = cv2.contourArea(cv2.convexHull(kp))
+    if full <= 0:
+        return 0.0
+    return float(min(1.0, cv2.contourArea(cv2.convexHull(kp[rows])) / full))

@@ -19,11 +19,9 @@ Three ways to get tentative matches (:mod:`cvretrieval.rerank.matching`):
 * ``"ratio"``: brute-force descriptor nearest neighbours with Lowe's ratio test [4]_
   (Faiss exact k-NN, L2 or Hamming). Needs no vocabulary; much slower.
 
-Speed, per candidate: fewer tentative matches than ``min_inliers`` skip RANSAC (they
-cannot be verified); a cheap similarity RANSAC (2-point samples, 100 iterations) must
-find ``min_inliers`` inliers before the final model (a MAGSAC homography by default,
-iterations capped by ``max_iters``) is fitted; an inlier is counted once per key point
-(a burst of matches onto one point counts one).
+Speed: fewer tentative matches than ``min_inliers`` skip RANSAC; a similarity RANSAC
+(2-point samples, 100 iterations) must find ``min_inliers`` before the final model (MAGSAC
+homography, ``max_iters``); an inlier counts once per key point.
 
 References
 ----------
@@ -48,7 +46,10 @@ from numpy.typing import NDArray
 from .matching import (
     Matches,
     _check_limit,
+    _descriptor_scale,
+    _distinct_inliers,
     _match_query,
+    inlier_coverage,
     tentative_matches_ratio,
     tentative_matches_words,
     tentative_matches_words_desc,
@@ -79,17 +80,6 @@ def _check_model(model: str) -> str:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     return model
-
-
-def _distinct_inliers(good: Matches, n_q: int, n_c: int) -> int:
-    """``min(#distinct query rows, #distinct candidate rows)`` of the inlier matches."""
-    if good.shape[0] == 0:
-        return 0
-    seen_q = np.zeros(n_q, bool)
-    seen_q[good[:, 0]] = True
-    seen_c = np.zeros(n_c, bool)
-    seen_c[good[:, 1]] = True
-    return int(min(np.count_nonzero(seen_q), np.count_nonzero(seen_c)))
 
 
 def verify(
@@ -213,7 +203,8 @@ def _verify(
 
 _PARAMS = ("top_n", "min_inliers", "matcher", "model", "method", "threshold", "max_iters",
            "confidence", "max_per_word", "max_matches", "ratio", "early_exit", "prefilter_iters",
-           "desc_max_per_word", "max_pairs", "max_keypoints")
+           "desc_max_per_word", "max_pairs", "max_keypoints", "order", "min_coverage")
+ORDERS = ("inliers", "rank", "coverage")
 
 
 class SpatialVerifier:
@@ -253,6 +244,14 @@ class SpatialVerifier:
         ``"words+desc"``: cap on word pairs whose descriptor distance is computed.
     max_keypoints : int or None, default None
         Use only the query's strongest key points (by score), bounding the query's cost.
+    order : {"inliers", "rank", "coverage"}, default "inliers"
+        Verified candidates first, by decreasing inliers, in their input (first-stage)
+        order (verification as a filter), or by decreasing :func:`inlier_coverage`.
+    min_coverage : float or None, default None
+        Copy detection: a candidate is verified only if its inliers' convex hull covers at
+        least this fraction of the hull of all its key points (a copy is the query's content
+        throughout; another photo of the same scene or object matches on a part). A
+        candidate failing it counts ``min(inliers, min_inliers - 1)``.
 
     Attributes
     ----------
@@ -262,8 +261,7 @@ class SpatialVerifier:
 
     Examples
     --------
-    >>> sv = SpatialVerifier(top_n=50, model="homography")
-    >>> sv.min_inliers
+    >>> SpatialVerifier(top_n=50, model="homography").min_inliers
     12
     """
 
@@ -286,6 +284,8 @@ class SpatialVerifier:
         desc_max_per_word: int | None = 50,
         max_pairs: int | None = 20_000,
         max_keypoints: int | None = None,
+        order: str = "inliers",
+        min_coverage: float | None = None,
     ) -> None:
         self.top_n = top_n
         self.min_inliers = min_inliers
@@ -303,6 +303,8 @@ class SpatialVerifier:
         self.desc_max_per_word = desc_max_per_word
         self.max_pairs = max_pairs
         self.max_keypoints = max_keypoints
+        self.order = order
+        self.min_coverage = min_coverage
         self.stats_: dict[str, Any] = {}
 
     def get_params(self) -> dict[str, Any]:
@@ -315,6 +317,8 @@ class SpatialVerifier:
                 f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}"
             )
         _check_model(self.model)
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
         for name in ("top_n", "min_inliers", "max_iters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -361,11 +365,11 @@ class SpatialVerifier:
     def _batch(self, q: dict[str, Any], store: Any, cids: list[int]) -> dict[int, Matches]:
         """``"words+desc"`` matches of all candidates in one vectorised pass, on the stored
         (raw) descriptors: the query is quantised as the store did (4x less memory)."""
-        raw = [store.get_descriptors(c, raw=True) for c in cids]
         qd = q["desc"]
-        if not q["binary"] and raw and raw[0].dtype == np.uint8:
-            scale = np.float32(store.info["descriptors"].get("scale") or 1.0)
-            qd = np.clip(np.rint(qd * scale), 0, 255).astype(np.uint8)
+        scale = None if q["binary"] else _descriptor_scale(store)
+        raw = [store.get_descriptors(c, raw=scale is not None) for c in cids]
+        if scale is not None and raw and raw[0].dtype == np.uint8:
+            qd = np.clip(np.rint(qd * np.float32(scale)), 0, 255).astype(np.uint8)
         found = tentative_matches_words_desc_many(
             q["groups"], [store.get_words(c) for c in cids], qd, raw, ratio=self.ratio,
             max_per_word=self.desc_max_per_word, max_pairs=self.max_pairs, binary=q["binary"])
@@ -402,6 +406,7 @@ class SpatialVerifier:
         q_kp = q["kp"]
         n_head = min(int(self.top_n), ids.shape[0])
         inliers = np.full(ids.shape[0], -1, np.int64)
+        cover = np.zeros(ids.shape[0])
         n_store = len(store)
         if self.matcher == "words+desc":
             q["batch"] = self._batch(q, store, sorted({int(c) for c in ids[:n_head]
@@ -425,15 +430,21 @@ class SpatialVerifier:
                     inliers[j] = pre
                     continue
             ransac += 1
-            inliers[j] = _verify(q_kp, c_kp, matches, self.model, self.method, self.threshold,
-                                 self.max_iters, self.confidence, 10)[0]
+            inliers[j], _, mask = _verify(q_kp, c_kp, matches, self.model, self.method,
+                                          self.threshold, self.max_iters, self.confidence, 10)
+            if inliers[j] >= self.min_inliers and (self.min_coverage or self.order == "coverage"):
+                cover[j] = inlier_coverage(c_kp, matches[mask, 1])
+                if self.min_coverage and cover[j] < self.min_coverage:
+                    inliers[j] = self.min_inliers - 1
             if inliers[j] >= self.min_inliers:
                 verified += 1
                 if self.early_exit is not None and verified >= self.early_exit:
                     break
         head = np.arange(n_head)
         good = head[inliers[:n_head] >= self.min_inliers]
-        good = good[np.argsort(-inliers[good], kind="stable")]
+        if self.order != "rank":
+            key = cover if self.order == "coverage" else inliers
+            good = good[np.argsort(-key[good], kind="stable")]
         rest = head[inliers[:n_head] < self.min_inliers]
         order = np.concatenate([good, rest, np.arange(n_head, ids.shape[0])]).astype(np.int64)
         self.stats_ = {"examined": examined, "ransac": ransac, "verified": verified,
@@ -468,19 +479,15 @@ def spatial_rerank(
         The database images' key points, words and/or descriptors, row = candidate id.
     query_words : (n_q,) int ndarray, optional
         The query key points' visual words (required by ``matcher="words"``).
-    top_n, min_inliers, matcher, early_exit
-        See :class:`SpatialVerifier`.
-    **params
-        Other :class:`SpatialVerifier` parameters (``model``, ``method``, ``threshold``,
-        ``max_iters``, ``confidence``, ``max_per_word``, ``max_matches``, ``ratio``,
-        ``desc_max_per_word``, ``max_pairs``, ``max_keypoints``).
+    top_n, min_inliers, matcher, early_exit, **params
+        See :class:`SpatialVerifier` (``model``, ``threshold``, ``order``...).
 
     Returns
     -------
     new_order : (n,) int64 ndarray
         The candidate ids re-ordered: first the verified ones (``>= min_inliers``) by
-        decreasing inliers (ties keep the original order), then the other examined
-        candidates of the top ``top_n`` in their original order, then the rest.
+        decreasing inliers (ties, or ``order="rank"``: the original order), then the
+        other examined candidates of the top ``top_n`` in their original order, then the rest.
     inlier_counts : (n,) int64 ndarray
         Inliers of each entry of ``new_order``; ``0`` when it had fewer tentative
         matches than ``min_inliers`` (RANSAC skipped), ``-1`` when not examined
