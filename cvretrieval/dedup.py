@@ -65,7 +65,7 @@ FALLBACK_THRESHOLD = (0.85, 0.5)
 
 #: Default fraction of a pair's tentative matches that the homography's inliers must
 #: reach (see :func:`cvretrieval.dedup_verify.is_confirmed`; chosen in docs/notes/dedup.md).
-DEFAULT_MIN_INLIER_RATIO = 0.5
+DEFAULT_MIN_INLIER_RATIO = 0.6
 
 
 @dataclass

@@ -17,6 +17,7 @@ from conftest import cli_run, textured_image
 
 from cvretrieval import find_duplicates
 from cvretrieval.attacks import attack_rotate
+from cvretrieval.dedup import DEFAULT_MIN_INLIER_RATIO
 from cvretrieval.dedup_verify import PairVerifier, is_confirmed
 
 PATCH = 110
@@ -56,15 +57,16 @@ def test_shared_parts_give_many_inliers_but_a_low_ratio(folder):
                                       str(folder / "collage_b.png"))
     assert inliers >= 12  # the inlier count alone would confirm the pair ...
     assert inliers < 0.5 * matches  # ... but one plane explains a minority of the matches
+    assert inliers < DEFAULT_MIN_INLIER_RATIO * matches
     inliers, matches = verifier.check(str(folder / "collage_a.png"),
                                       str(folder / "collage_a_rot.jpg"))
-    assert inliers >= 12 and inliers >= 0.5 * matches  # a real copy passes both
+    assert inliers >= 12 and inliers >= DEFAULT_MIN_INLIER_RATIO * matches  # a copy passes
 
 
 def test_default_ratio_keeps_copies_and_rejects_shared_parts(folder):
     # threshold 0 and k = 3: every pair is a candidate, verification alone decides
     kept = find_duplicates(folder, threshold=0.0, k=3, n_jobs=1, progress=False)
-    assert kept.config["min_inlier_ratio"] == 0.5
+    assert kept.config["min_inlier_ratio"] == DEFAULT_MIN_INLIER_RATIO == 0.6
     assert _groups(kept) == [["collage_a.png", "collage_a_rot.jpg"]]
     merged = find_duplicates(folder, threshold=0.0, k=3, min_inlier_ratio=0.0, n_jobs=1,
                              progress=False)
@@ -78,6 +80,9 @@ def test_cli_passes_the_ratio(folder, tmp_path):
     assert "1 groups, 3 of 4 images" in res.output
     assert '"min_inlier_ratio": 0.0' in out.read_text()
     cli_run("dedup", folder, "--min-inlier-ratio", 1.5, ok=False)
+    res = cli_run("dedup", folder, "--n-jobs", 1, "--threshold", 0, "-k", 3, "--json", out)
+    assert "1 groups, 2 of 4 images" in res.output  # the default ratio leaves collage_b out
+    assert '"min_inlier_ratio": 0.6' in out.read_text()
 
 
 def test_is_confirmed_and_bad_ratio(tmp_path):

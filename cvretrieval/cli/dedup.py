@@ -22,7 +22,7 @@ from ._common import FEATURE_HELP, Output, common_options
               help="Confirm candidates by spatial verification (default: on for bovw/vlad).")
 @click.option("--min-inliers", type=click.IntRange(4), default=12, show_default=True,
               help="Homography inliers that confirm a pair.")
-@click.option("--min-inlier-ratio", type=click.FloatRange(0.0, 1.0), default=0.5,
+@click.option("--min-inlier-ratio", type=click.FloatRange(0.0, 1.0), default=0.6,
               show_default=True,
               help="Share of a pair's ratio-test matches the inliers must also reach "
                    "(rejects different pictures sharing a logo or lettering; 0 = off).")
