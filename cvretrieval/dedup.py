@@ -4,10 +4,11 @@ Every image of a collection is searched against the others through the same
 :class:`~cvretrieval.retriever.Retriever` (embedder and index) the rest of the
 toolkit uses. Neighbour pairs whose similarity reaches a threshold are
 *candidates*; with local features they are then confirmed by spatial
-verification (a homography fitted with MAGSAC on ratio-test matches [1]_), and
-the confirmed pairs are the edges of a sparse graph whose connected components
-are the groups. Memory is bounded by ``k`` pairs per image: there is never an
-all-pairs matrix.
+verification (a homography fitted with MAGSAC on ratio-test matches [1]_, with
+enough inliers that are also a large enough share of the matches:
+:mod:`cvretrieval.dedup_verify`), and the confirmed pairs are the edges of a sparse
+graph whose connected components are the groups. Memory is bounded by ``k`` pairs
+per image: there is never an all-pairs matrix.
 
 References
 ----------
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .dedup_verify import PairVerifier, detector_of
 from .errors import ImageReadError
 from .io import list_images, read_image
 
 __all__ = [
     "DEFAULT_FEATURES",
+    "DEFAULT_MIN_INLIER_RATIO",
     "DuplicateResult",
     "find_duplicates",
     "group_pairs",
@@ -60,6 +62,10 @@ DEFAULT_THRESHOLDS: dict[str, tuple[float, float]] = {
     "hog": (0.9, 0.9),
 }
 FALLBACK_THRESHOLD = (0.85, 0.5)
+
+#: Default fraction of a pair's tentative matches that the homography's inliers must
+#: reach (see :func:`cvretrieval.dedup_verify.is_confirmed`; chosen in docs/notes/dedup.md).
+DEFAULT_MIN_INLIER_RATIO = 0.6
 
 
 @dataclass
@@ -156,48 +162,6 @@ def group_pairs(
     return [(m, [round(float(best[i]), 6) for i in m]) for m in comps]
 
 
-class _PairVerifier:
-    """Spatial verification of image pairs; local features cached (LRU, bounded)."""
-
-    def __init__(self, detector: str, n_features: int, max_side: int | None,
-                 min_inliers: int, cache_size: int = 512) -> None:
-        from .features.local import LocalFeatureExtractor
-
-        self.extractor = LocalFeatureExtractor(detector, n_features)
-        self.max_side = max_side
-        self.min_inliers = int(min_inliers)
-        self.cache_size = int(cache_size)
-        self.cache: OrderedDict[str, Any] = OrderedDict()
-
-    def features(self, path: str) -> Any:
-        if path in self.cache:
-            self.cache.move_to_end(path)
-            return self.cache[path]
-        try:
-            feats = self.extractor.extract(read_image(path, max_side=self.max_side))
-        except (ImageReadError, ValueError, OSError) as exc:
-            logger.warning("no spatial verification for %s: %s", path, exc)
-            feats = None
-        self.cache[path] = feats
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return feats
-
-    def inliers(self, path_a: str, path_b: str) -> int:
-        from .rerank.spatial import tentative_matches_ratio, verify
-
-        fa, fb = self.features(path_a), self.features(path_b)
-        if fa is None or fb is None:
-            return 0
-        matches = tentative_matches_ratio(fa.descriptors, fb.descriptors, ratio=0.8,
-                                          binary=self.extractor.binary)
-        if matches.shape[0] < self.min_inliers:
-            return 0
-        n = verify(fa.keypoints, fb.keypoints, matches, threshold=5.0)
-        assert isinstance(n, int)  # return_model=False: the count only
-        return n
-
-
 def _family(features: Any) -> str:
     if not isinstance(features, str):
         return str(getattr(features, "name", type(features).__name__)).lower()
@@ -205,17 +169,6 @@ def _family(features: Any) -> str:
 
     name, _ = parse_spec(features)
     return name.lower()
-
-
-def _detector_of(features: Any) -> str:
-    if isinstance(features, str):
-        from .embedders import parse_spec
-
-        _, params = parse_spec(features)
-        det = params.get("detector")
-    else:
-        det = getattr(features, "detector", None)
-    return str(det) if det in ("sift", "rootsift", "orb", "akaze", "brisk") else "sift"
 
 
 def _as_paths(
@@ -237,6 +190,7 @@ def find_duplicates(
     k: int = 10,
     verify: bool | None = None,
     min_inliers: int = 12,
+    min_inlier_ratio: float = DEFAULT_MIN_INLIER_RATIO,
     index: str = "flat",
     max_side: int | None = 640,
     n_jobs: int = -1,
@@ -263,6 +217,10 @@ def find_duplicates(
         embedders (bovw, vlad, asmk), off otherwise.
     min_inliers : int, default 12
         Inliers of the fitted homography that confirm a pair.
+    min_inlier_ratio : float, default :data:`DEFAULT_MIN_INLIER_RATIO`
+        ... and the fraction of the pair's ratio-test matches those inliers must reach:
+        two different pictures that share a part (the same lettering or logo) have many
+        matches of which one plane explains few. 0 turns the check off.
     index, max_side, n_jobs, random_state
         As for :class:`~cvretrieval.retriever.Retriever`.
     batch_size : int, default 256
@@ -299,6 +257,8 @@ def find_duplicates(
         raise ValueError(
             f"min_inliers must be at least 4 (a homography's sample), got {min_inliers}"
         )
+    if not 0.0 <= float(min_inlier_ratio) <= 1.0:
+        raise ValueError(f"min_inlier_ratio must be in [0, 1], got {min_inlier_ratio}")
     t0 = time.perf_counter()
     paths = _as_paths(paths_or_dir)
     if not paths:
@@ -345,13 +305,11 @@ def find_duplicates(
 
     pairs = sorted(best.items())
     if verify and pairs:
-        verifier = _PairVerifier(_detector_of(features), sv_features, max_side, min_inliers)
-        kept = []
-        for (a, b), s in tqdm(pairs, desc="dedup verify", unit="pair",
-                              disable=bars_off, leave=False):
-            if verifier.inliers(catalog[a], catalog[b]) >= min_inliers:
-                kept.append(((a, b), s))
-        pairs = kept
+        verifier = PairVerifier(detector_of(features), sv_features, max_side, min_inliers,
+                                float(min_inlier_ratio))
+        pairs = [((a, b), s) for (a, b), s in tqdm(pairs, desc="dedup verify", unit="pair",
+                                                    disable=bars_off, leave=False)
+                 if verifier.confirms(catalog[a], catalog[b])]
     t_verify = time.perf_counter() - t0 - t_build - t_search
 
     edges = [(a, b, s) for (a, b), s in pairs]
@@ -369,6 +327,7 @@ def find_duplicates(
         "k": int(k),
         "verify": bool(verify),
         "min_inliers": int(min_inliers),
+        "min_inlier_ratio": float(min_inlier_ratio),
         "index": index,
         "max_side": max_side,
         "random_state": random_state,

@@ -22,6 +22,10 @@ from ._common import FEATURE_HELP, Output, common_options
               help="Confirm candidates by spatial verification (default: on for bovw/vlad).")
 @click.option("--min-inliers", type=click.IntRange(4), default=12, show_default=True,
               help="Homography inliers that confirm a pair.")
+@click.option("--min-inlier-ratio", type=click.FloatRange(0.0, 1.0), default=0.6,
+              show_default=True,
+              help="Share of a pair's ratio-test matches the inliers must also reach "
+                   "(rejects different pictures sharing a logo or lettering; 0 = off).")
 @click.option("--index", "index_spec", default="flat", show_default=True,
               help="flat, ivf, hnsw or any Faiss factory string.")
 @click.option("--max-side", type=click.IntRange(16), default=640, show_default=True)
@@ -32,13 +36,15 @@ from ._common import FEATURE_HELP, Output, common_options
               default=None, help="Write an HTML page of the groups with thumbnails here.")
 @common_options
 def dedup(directory: Path, features: str | None, threshold: float | None, k: int,
-          verify: bool | None, min_inliers: int, index_spec: str, max_side: int, n_jobs: int,
+          verify: bool | None, min_inliers: int,
+          min_inlier_ratio: float, index_spec: str, max_side: int, n_jobs: int,
           random_state: int, report_dir: Path | None, out: Output) -> None:
     """Find groups of near-duplicate images in DIRECTORY (copies, crops, rotations)."""
     from ..dedup import DEFAULT_FEATURES, find_duplicates, write_dedup_report
 
     result = find_duplicates(directory, features or DEFAULT_FEATURES, threshold=threshold, k=k,
-                             verify=verify, min_inliers=min_inliers, index=index_spec,
+                             verify=verify, min_inliers=min_inliers,
+                             min_inlier_ratio=min_inlier_ratio, index=index_spec,
                              max_side=max_side, n_jobs=n_jobs, random_state=random_state,
                              progress=out.progress)
     cfg = result.config
