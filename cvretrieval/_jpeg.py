@@ -105,7 +105,7 @@ def decode_jpeg(data: bytes, *, max_side: int | None, grayscale: bool, draft: bo
         return None
     scale = _draft_scale(width, height, max_side) if draft else 1
     # gray: the luma plane alone, as Pillow's draft decodes it (no chroma upsampling, no
-    # colour conversion; within a level or two of converting the RGB pixels)
+    # colour conversion; within a few levels of converting the RGB pixels)
     flag = (_GRAY if grayscale else _COLOR)[scale]
     buf = np.frombuffer(data, np.uint8)
     image = cv2.imdecode(buf, flag)

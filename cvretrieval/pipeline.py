@@ -117,7 +117,7 @@ class SVFeatures:
             raise ValueError(f"sv_matcher must be 'words' or 'words+desc', got {matcher!r}")
         if isinstance(embedder, BoVWEmbedder) and detector in (None, embedder.detector):
             return cls(matcher, embedder.detector, embedder.n_features, True)
-        if matcher == "words+desc" and hasattr(embedder, "keypoint_words") and detector in (
+        if matcher == "words+desc" and embedder.keypoint_word_output and detector in (
                 None, getattr(embedder, "detector", None)):  # ASMK: its words + descriptors
             return cls(matcher, embedder.detector, embedder.n_features, True)
         own = isinstance(embedder, LocalFeatureEmbedder) or (
@@ -129,8 +129,9 @@ class SVFeatures:
     @staticmethod
     def words_of(embedder: Embedder, features: LocalFeatures, reduced: Any) -> Any:
         """The key points' words: BoVW's reduced result, or ``keypoint_words`` (ASMK)."""
-        words = getattr(embedder, "keypoint_words", None)
-        return reduced if words is None else words(features)
+        if embedder.keypoint_word_output:
+            return embedder.keypoint_words(features)  # type: ignore[attr-defined]
+        return reduced
 
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "detector": self.detector, "n_features": self.n_features,

@@ -190,11 +190,17 @@ def shards_are_vectors(template: Any, transformed: bool) -> bool:
     return not transformed and getattr(template, "factory_", None) == "Flat"
 
 
-def shard_from_vectors(segment: Segment, template: Any) -> Any:
-    """The index shard of ``segment`` built from its stored vectors (no ``index.bin``)."""
+def shard_from_vectors(
+    segment: Segment,
+    template: Any,
+    transform: Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None,
+) -> Any:
+    """The index shard of ``segment``: an empty copy of the trained ``template`` filled
+    with the segment's stored vectors block by block (``transform``, DBA, maps each block
+    first). Saved as ``index.bin``, or built when loading when there is no such file."""
     shard = template.empty_copy()
     for ids, rows in segment.iter_blocks():
-        shard.add_with_ids(rows, ids)
+        shard.add_with_ids(transform(rows) if transform is not None else rows, ids)
     return shard
 
 
@@ -240,10 +246,7 @@ def build_shards(
     for s in segments:
         if only is not None and s.number not in only:
             continue
-        shard = template.empty_copy()
-        for ids, rows in s.iter_blocks():
-            shard.add_with_ids(transform(rows) if transform is not None else rows, ids)
-        shard.save(s.shard_path)
+        shard_from_vectors(s, template, transform).save(s.shard_path)
 
 
 def iter_live_blocks(segments: Sequence[Segment], removed: NDArray[np.int64],

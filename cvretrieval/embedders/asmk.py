@@ -82,6 +82,7 @@ class ASMKEmbedder(LocalFeatureEmbedder):
     sparse_output: ClassVar[bool] = True
     #: per-image results are AsmkCodes for an AsmkIndex, not rows of a vector matrix
     vector_output: ClassVar[bool] = False
+    keypoint_word_output: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -62,6 +62,9 @@ class Embedder(ParamsMixin):
     #: files as grayscale ``(H, W)`` uint8 (a JPEG's luma plane alone: a third less
     #: decoding, no colour conversion)
     grayscale_input: ClassVar[bool] = False
+    #: ``keypoint_words(features)`` gives each key point's visual word, so spatial
+    #: verification can pair key points by word (ASMK); BoVW's reduced result is its words
+    keypoint_word_output: ClassVar[bool] = False
 
     # --- parameters -------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
