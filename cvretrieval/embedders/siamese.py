@@ -62,15 +62,16 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _base_params(base_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """The base embedder's parameters as saved (``embedder.json``) or described."""
-    saved = base_dir / "embedder.json"
-    if saved.is_file():
-        try:
-            return dict(json.loads(saved.read_text()).get("params", {}))
-        except (OSError, ValueError, AttributeError):
-            return {}  # load_embedder says what is wrong with the file
-    return dict(meta["base"].get("params", {}))
+def _takes_device(name: str) -> bool:
+    """Whether the base embedder class ``name`` runs a network (has a ``device``)."""
+    import inspect
+
+    from . import embedder_class
+
+    try:
+        return "device" in inspect.signature(embedder_class(name)).parameters
+    except ValueError:  # an unknown base: loading it says so
+        return False
 
 
 class SiameseEmbedder(Embedder):
@@ -156,7 +157,7 @@ class SiameseEmbedder(Embedder):
 
         base_dir = model_dir / meta["base"].get("dir", "base")
         # a network base runs where the head runs; other bases have no device
-        on = {"device": device} if "device" in _base_params(base_dir, meta) else {}
+        on = {"device": device} if _takes_device(meta["base"]["name"]) else {}
         if (base_dir / "embedder.json").is_file():
             # a network file kept inside the model folder (a fine-tuned backbone) is found
             # there, wherever the folder was moved
