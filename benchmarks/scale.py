@@ -6,6 +6,9 @@ flips, 480 px JPEGs), so N can be 10k, 100k or 1M without shipping anything.
 
     python benchmarks/scale.py --n 10000 100000 --pipelines hog,bovw-orb,bovw-sift,vlad-sift
     python benchmarks/scale.py --big            # adds N = 1M for hog and bovw-orb, --index auto
+    python benchmarks/scale.py --n 1000000 --side 64 --pipelines hog-32 --no-raw-gray
+                                                # 1M small images: the pipeline's and bundle's
+                                                # memory at 1M, in the disk 1M photos leave
 
 ``ratio`` is raw OpenCV's time over ours, raw OpenCV done as a notebook does it (decode in
 colour, cvtColor, downscale, describe; joblib on every core); ``ratio_gray`` uses a raw
@@ -38,6 +41,7 @@ logger = logging.getLogger("scale")
 CVRET = [sys.executable, "-m", "cvretrieval.cli"]
 PIPELINES = {
     "hog": ["--features", "hog"],
+    "hog-32": ["--features", "hog", "--param", "size=32"],  # 324-d: 1M vectors in 1.3 GB
     "bovw-orb": ["--features", "bovw", "--detector", "orb", "--words", "1000"],
     "bovw-sift": ["--features", "bovw", "--detector", "sift", "--words", "1000"],
     "vlad-sift": ["--features", "vlad", "--detector", "sift"],
@@ -45,10 +49,10 @@ PIPELINES = {
 
 
 # ----------------------------------------------------------------------------- images
-def _make_one(args: tuple[int, str, str, int]) -> None:
+def _make_one(args: tuple[int, str, str, int, int]) -> None:
     import cv2
 
-    i, src, out, seed = args
+    i, src, out, seed, side = args
     rng = np.random.default_rng([seed, i])
     img = cv2.imread(src, cv2.IMREAD_COLOR)
     if img is None:
@@ -60,15 +64,16 @@ def _make_one(args: tuple[int, str, str, int]) -> None:
     crop = img[y : y + ch, x : x + cw]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    s = 480 / max(ch, cw)
+    s = side / max(ch, cw)
     crop = cv2.resize(crop, (max(1, round(cw * s)), max(1, round(ch * s))),
                       interpolation=cv2.INTER_AREA)
     cv2.imwrite(out, crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def make_images(n: int, folder: Path, seed: int = 0, n_jobs: int = -1,
-                photos_dir: Path | None = None) -> list[Path]:
-    """``n`` JPEGs made from the shared photos (kept across runs in ``folder``)."""
+                photos_dir: Path | None = None, side: int = 480) -> list[Path]:
+    """``n`` JPEGs of ``side`` pixels (long side) made from the shared photos (kept
+    across runs in ``folder``)."""
     from joblib import Parallel, delayed
 
     from cvretrieval.io import list_images
@@ -86,7 +91,7 @@ def make_images(n: int, folder: Path, seed: int = 0, n_jobs: int = -1,
     rnd = random.Random(seed)
     srcs = [rnd.choice(photos) for _ in range(n)]
     Parallel(n_jobs=n_jobs, batch_size=64)(
-        delayed(_make_one)((i, srcs[i], str(paths[i]), seed)) for i in todo)
+        delayed(_make_one)((i, srcs[i], str(paths[i]), seed, side)) for i in todo)
     return paths
 
 
@@ -99,7 +104,8 @@ def _raw(kind: str, paths: list[str], gray: bool = False) -> int:
     cv2.setNumThreads(1)
     det = (cv2.ORB_create(1000) if kind == "bovw-orb" else cv2.SIFT_create(1000)
            if kind in ("bovw-sift", "vlad-sift") else None)
-    hog = cv2.HOGDescriptor((128, 128), (16, 16), (8, 8), (8, 8), 9) if det is None else None
+    size = 32 if kind == "hog-32" else 128
+    hog = cv2.HOGDescriptor((size, size), (16, 16), (8, 8), (8, 8), 9) if det is None else None
     n = 0
     for p in paths:
         img = cv2.imread(p, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
@@ -111,7 +117,7 @@ def _raw(kind: str, paths: list[str], gray: bool = False) -> int:
             img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         g = img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
         if det is None:
-            hog.compute(cv2.resize(g, (128, 128), interpolation=cv2.INTER_AREA))
+            hog.compute(cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA))
         else:
             det.detectAndCompute(g, None)
         n += 1
@@ -247,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=Path, default=Path(tempfile.gettempdir()) / "cvret-scale")
     ap.add_argument("--photos", type=Path, default=None,
                     help="Source photos (default: ../shared/datasets).")
+    ap.add_argument("--side", type=int, default=480,
+                    help="Long side of the generated images (pool-SIDE unless 480).")
     ap.add_argument("--out", type=Path, default=OUT / "scale.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -256,12 +264,13 @@ def main(argv: list[str] | None = None) -> None:
         runs += [(1_000_000, k) for k in ("hog", "bovw-orb")]
     n_max = max(n for n, _ in runs)
     t0 = time.perf_counter()
-    pool = make_images(n_max + 1000, args.images / "pool", n_jobs=args.n_jobs,
-                       photos_dir=args.photos)
+    pool_dir = args.images / ("pool" if args.side == 480 else f"pool-{args.side}")
+    pool = make_images(n_max + 1000, pool_dir, n_jobs=args.n_jobs, photos_dir=args.photos,
+                       side=args.side)
     logger.info("%d images ready in %.0f s", len(pool), time.perf_counter() - t0)
     extra = pool[n_max : n_max + 1000]
     rows = []
-    scratch = args.images / "work"
+    scratch = args.images / ("work" if args.side == 480 else f"work-{args.side}")
     for n, kind in runs:
         logger.info("%s at %d images", kind, n)
         rows.append(bench(kind, pool[:n], extra, scratch, args.n_jobs, args.index,

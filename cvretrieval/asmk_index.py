@@ -143,6 +143,19 @@ def expand_codes(query: AsmkCodes, others: Sequence[AsmkCodes]) -> AsmkCodes:
     return AsmkCodes(words[order], codes[order])
 
 
+def _hamming_rows(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> NDArray[np.int64]:
+    """Hamming distances of the rows of two ``(n, n_bytes)`` code arrays, a word of 64
+    bits at a time when the codes allow (8 times fewer popcounts than byte by byte)."""
+    if a.shape[1] % 8 == 0 and a.shape[0]:
+        a = np.ascontiguousarray(a).view(np.uint64)
+        b = np.ascontiguousarray(b).view(np.uint64)
+    counts = np.bitwise_count(np.bitwise_xor(a, b))
+    h = counts[:, 0].astype(np.int64) if counts.shape[1] else np.zeros(len(a), np.int64)
+    for j in range(1, counts.shape[1]):  # column sums: a reduce over 2 columns is slower
+        h += counts[:, j]
+    return h
+
+
 class AsmkIndex:
     """Inverted file of ASMK codes with selective-match-kernel scoring.
 
@@ -317,8 +330,7 @@ class AsmkIndex:
             if lens.sum():
                 which = np.repeat(np.arange(len(w)), lens)
                 pos = np.repeat(lo - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(lens.sum())
-                h = np.bitwise_count(np.bitwise_xor(codes[pos], query.codes[which])).sum(
-                    axis=1, dtype=np.int64)
+                h = _hamming_rows(codes[pos], np.asarray(query.codes, np.uint8)[which])
                 u = 1.0 - 2.0 * h / self.n_bits
                 k = selective_kernel(u, self.alpha, self.tau).astype(np.float64)
                 out += np.bincount(img[pos], weights=k * idf[w[which]], minlength=len(out))

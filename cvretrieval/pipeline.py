@@ -17,6 +17,7 @@ finished in the worker; only that vector crosses the process boundary).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -354,19 +355,27 @@ class Pipeline:
                 yield from chunk_items
 
 
-def _in_process(job: Job, chunks: Sequence[Sequence[Task]]) -> Iterator[list[Item]]:
-    """Chunks run here, one image at a time as a worker would: Faiss's OpenMP threads
-    only spin against other processes on a busy machine (a binary assignment of 1,000
-    ORB descriptors took 24.6 ms with 2 threads beside another job, 2.3 ms with 1)."""
+@contextlib.contextmanager
+def faiss_single_thread() -> Iterator[None]:
+    """Faiss on one OpenMP thread inside the block, for the work of one image at a time:
+    its threads only spin against other processes on a busy machine (a binary assignment
+    of 1,000 ORB descriptors took 24.6 ms with 2 threads beside another job, 2.3 ms with
+    1; a query's ASMK assignment to 4,096 words 89.6 ms, 19.5 ms with 1)."""
     import faiss
 
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        for c in chunks:
-            yield run_chunk(job, c)
+        yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _in_process(job: Job, chunks: Sequence[Sequence[Task]]) -> Iterator[list[Item]]:
+    """Chunks run here, one image at a time as a worker would (single-threaded Faiss)."""
+    with faiss_single_thread():
+        for c in chunks:
+            yield run_chunk(job, c)
 
 
 def sample_positions(n: int, m: int, random_state: int | None,

@@ -7,6 +7,7 @@ each query, never the whole catalog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from numpy.typing import NDArray
 
 from .errors import ImageReadError
 from .io import read_image
+from .pipeline import faiss_single_thread
 
 logger = logging.getLogger(__name__)
 RERANK_STEPS = ("sv", "qe")
@@ -120,10 +122,24 @@ def query_features(ret: Any, query: Any, bbox: Any) -> tuple[Any, Any]:
     return sv.extract(img), None
 
 
+#: at most this many query images are searched with single-threaded Faiss (their
+#: assignments and searches are too small for threads to pay on a busy machine)
+FEW_QUERIES = 8
+
+
 def search_images(ret: Any, queries: Sequence[Any], k: int, bboxes: Sequence[Any] | None,
                   steps: Sequence[str], progress: bool | None, *, raise_errors: bool = False
                   ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[int]]:
     """Embed query images, search, re-rank; ``(D, I, failed)`` with catalog ids."""
+    threads = faiss_single_thread() if len(queries) <= FEW_QUERIES else contextlib.nullcontext()
+    with threads:
+        return _search_images(ret, queries, k, bboxes, steps, progress,
+                              raise_errors=raise_errors)
+
+
+def _search_images(ret: Any, queries: Sequence[Any], k: int, bboxes: Sequence[Any] | None,
+                   steps: Sequence[str], progress: bool | None, *, raise_errors: bool = False
+                   ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[int]]:
     boxes = list(bboxes) if bboxes is not None else [None] * len(queries)
     if len(boxes) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(boxes)} boxes")

@@ -22,6 +22,20 @@ def test_selective_kernel_by_hand():
     np.testing.assert_allclose(selective_kernel(u, 1, 0.3), [1, 0.5, 0, 0, 0])
     # tau below zero lets negative similarities through, with their sign
     np.testing.assert_allclose(selective_kernel(u, 3, -1), [1, 0.125, 1 / 64, 0, -0.125])
+    # a non-integer exponent: sign(u) |u| ** alpha, with 0.5 ** 2.5 = 0.1767767
+    np.testing.assert_allclose(selective_kernel(u, 2.5, -1),
+                               [1, 0.1767767, 0.03125, 0, -0.1767767], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_bytes", [16, 5])
+def test_index_hamming_of_rows_counts_bits(n_bytes):
+    from cvretrieval.asmk_index import _hamming_rows
+
+    rng = np.random.default_rng(n_bytes)
+    a = rng.integers(0, 256, (50, n_bytes), dtype=np.uint8)
+    b = rng.integers(0, 256, (50, n_bytes), dtype=np.uint8)
+    bits_differ = np.unpackbits(a, axis=1) != np.unpackbits(b, axis=1)
+    assert _hamming_rows(a, b).tolist() == bits_differ.sum(axis=1).tolist()
 
 
 def test_hamming_by_hand():

@@ -156,6 +156,10 @@ def item_codec() -> tuple[Any, Any]:
     return pack, unpack
 
 
+#: catalog ids whose (segment, row) SegmentedStore remembers (a few MB at most)
+_LOCATE_MEMO = 100_000
+
+
 class SegmentedStore:
     """The key points of every segment behind one ``FeatureStore``-like face keyed by
     catalog id (what spatial verification reads)."""
@@ -174,18 +178,28 @@ class SegmentedStore:
         self.has_words = bool(first.has_words) if first else False
         self.has_descriptors = bool(first.has_descriptors) if first else False
         self.binary = first.binary if first else None
+        self._where: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return self.bundle.next_id
 
     def _locate(self, cid: int) -> tuple[Any, int]:
-        s = int(self.bundle.segment_of(np.array([cid]))[0])
-        if s < 0:
-            raise KeyError(cid)
-        pos = int(self.bundle.segments[s].positions(np.array([cid]))[0])
-        if pos < 0:
-            raise KeyError(cid)
-        return self.stores[s], pos
+        """The store and row of ``cid``, memoised: verification asks for the key points,
+        words and descriptors of each candidate, and a query's expansion asks again."""
+        cid = int(cid)
+        hit = self._where.get(cid)
+        if hit is None:
+            s = int(self.bundle.segment_of([cid])[0])
+            if s < 0:
+                raise KeyError(cid)
+            ids = self.bundle.segments[s].ids
+            pos = int(np.searchsorted(ids, cid))
+            if pos >= len(ids) or int(ids[pos]) != cid:
+                raise KeyError(cid)
+            if len(self._where) >= _LOCATE_MEMO:
+                self._where.clear()
+            hit = self._where[cid] = (s, pos)
+        return self.stores[hit[0]], hit[1]
 
     def get_keypoints(self, cid: int) -> Any:
         store, pos = self._locate(cid)
