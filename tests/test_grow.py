@@ -388,3 +388,29 @@ def test_flat_bundle_reads_its_vectors_and_finds_exact_neighbours(photos, tmp_pa
         np.testing.assert_array_equal(I, ids[live][P])
     else:  # 19 vectors: the graph search is exact too
         assert (I[:, 0] == ids[live][P][:, 0]).all()
+
+
+def test_one_query_searches_with_one_faiss_thread_and_restores_it(photos, tmp_path, monkeypatch):
+    """A single query's assignment and search run on one OpenMP thread (threads spin
+    against other processes on a busy machine); the caller's setting comes back after."""
+    import faiss
+
+    from cvretrieval import search as search_mod
+
+    ret = Retriever("hog", n_jobs=1).build(photos[:6], output=tmp_path / "b.cvret")
+    seen: list[int] = []
+    real = search_mod._search_images
+
+    def spy(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "_search_images", spy)
+    faiss.omp_set_num_threads(2)
+    try:
+        ret.search(photos[0], k=3)
+        ret.search_many(photos[:9], k=3)  # more than FEW_QUERIES: Faiss keeps its threads
+        assert seen == [1, 2]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
