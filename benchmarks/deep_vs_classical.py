@@ -46,7 +46,9 @@ from cvretrieval.siamese.train import dataset_labels, embed_base, fit_head, trai
 MOBILENET = (SHARED / "models" / "coral-mobilenet"
              / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")
 NAMES = {"hog": "HOG", "bovw-orb": "BoVW-ORB", "bovw-sift": "BoVW-SIFT", "vlad": "VLAD-RootSIFT",
-         "mobilenet": "MobileNet"}
+         "mobilenet": "MobileNet", "mobilenet-views": "MobileNet, 2 views (full + crop 0.8)"}
+#: test-time views of a network base (``DeepEmbedder(views=...)``), by feature name
+VIEWS = {"mobilenet-views": "full,crop0.8"}
 #: Siamese configurations: name -> (base, train_siamese keyword arguments)
 SIAMESE = {
     "mobilenet-triplet": ("mobilenet", {"loss": "triplet"}),
@@ -58,6 +60,10 @@ SIAMESE = {
     # its ridge cross-validated over held-out training classes, fitted on every class
     "mobilenet-lw-closed": ("mobilenet", {"init": "lw", "shrinkage": "auto", "head": (512,),
                                           "epochs": 0, "val_split": 0}),
+    # the same closed form over the base's mean of two views (the image, its central 80%)
+    "mobilenet-views-lw-closed": ("mobilenet-views", {"init": "lw", "shrinkage": "auto",
+                                                      "head": (512,), "epochs": 0,
+                                                      "val_split": 0}),
 }
 SIAMESE_NAMES = {
     "mobilenet-triplet": "MobileNet+Siamese (triplet)",
@@ -66,13 +72,18 @@ SIAMESE_NAMES = {
     "mobilenet-plain": "MobileNet+plain MLP (triplet, reference)",
     "mobilenet-lw": "MobileNet+Siamese (triplet, learned-whitening init)",
     "mobilenet-lw-closed": "MobileNet+Siamese (learned whitening, closed form)",
+    "mobilenet-views-lw-closed": "MobileNet 2 views+Siamese (learned whitening, closed form)",
 }
 COLUMNS = ["features", "dim", "ukb mAP", "ukb N-S", "seen mAP", "seen P@10", "unseen mAP",
            "unseen P@10", "ms/img", "train s"]
 
 
 def spec_of(name: str, args: argparse.Namespace) -> str:
-    return f"tflite:{args.mobilenet}" if name == "mobilenet" else name
+    return f"tflite:{args.mobilenet}" if name.startswith("mobilenet") else name
+
+
+def base_embedder(name: str, args: argparse.Namespace) -> Any:
+    return make_embedder(spec_of(name, args), views=VIEWS.get(name))
 
 
 def score(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -137,10 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     base: dict[str, dict[str, Any]] = {}
     for name in needed:
         t0 = time.perf_counter()
-        spec = spec_of(name, args)
-        emb_u, X_u, rows_u = embed_base(make_embedder(spec), ukb_paths, cache_dir=cache,
+        emb_u, X_u, rows_u = embed_base(base_embedder(name, args), ukb_paths, cache_dir=cache,
                                         n_jobs=args.n_jobs, progress=True)
-        emb_c, X_c, rows_c = embed_base(make_embedder(spec), cal_paths, cache_dir=cache,
+        emb_c, X_c, rows_c = embed_base(base_embedder(name, args), cal_paths, cache_dir=cache,
                                         n_jobs=args.n_jobs, progress=True)
         if len(rows_u) != len(ukb_paths) or len(rows_c) != len(cal_paths):
             raise SystemExit(f"{name}: some images could not be embedded")
@@ -179,11 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     train_set = ([cal_paths[i] for i in train_idx], [cal_names[cal_labels[i]] for i in train_idx])
     for cfg in siamese:
         base_name, kwargs = SIAMESE[cfg]
-        if make_embedder(spec_of(base_name, args)).needs_fit:
+        if base_embedder(base_name, args).needs_fit:
             raise SystemExit(f"{cfg}: this benchmark reuses cached base vectors, so the base "
                              "must need no fitting")
         t0 = time.perf_counter()
         result = train_siamese(train_set, base=spec_of(base_name, args),
+                               base_views=VIEWS.get(base_name),
                                out_dir=OUT / "siamese" / cfg, cache_dir=cache, n_jobs=args.n_jobs,
                                random_state=args.random_state, progress=True,
                                **{"epochs": args.epochs, **kwargs})

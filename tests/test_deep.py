@@ -405,3 +405,38 @@ def test_tflite_mobilenet_on_ukbench(coral_tflite, ukbench_dir, litert, tmp_path
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     sha = hashlib.sha256(coral_tflite.read_bytes()).hexdigest()
     assert manifest["embedder"]["model"]["sha256"] == sha
+
+
+# ----------------------------------------------------------------------------- test-time views
+def test_parse_views_and_image_views_known_answers():
+    from cvretrieval.embedders.preprocess import image_views, parse_views
+
+    assert parse_views("full, flip,crop0.6,crop0.6-flip") == (
+        (1.0, False), (1.0, True), (0.6, False), (0.6, True))
+    for bad in ("crop1", "crop0", "cropx", "mirror", ""):
+        with pytest.raises(ValueError):
+            parse_views(bad)
+    img = np.arange(10 * 10 * 3).reshape(10, 10, 3)
+    full, flip, crop = image_views(img, parse_views("full,flip,crop0.6"))
+    np.testing.assert_array_equal(full, img)
+    np.testing.assert_array_equal(flip[:, 0], img[:, 9])
+    np.testing.assert_array_equal(crop, img[2:8, 2:8])  # 6 of 10 pixels, centred
+
+
+def test_onnx_views_average_the_unit_vectors_of_the_views(tmp_path, ort):
+    path = write_conv_onnx(tmp_path / "conv.onnx")
+    single = make_embedder("onnx:" + path, pooling="mac")
+    multi = make_embedder("onnx:" + path, pooling="mac", views="full,flip,crop0.6")
+    images = [rand_image(s, 10, 10) for s in range(3)]
+    X = multi.embed(images)
+    for img, row in zip(images, X, strict=True):
+        parts = single.embed([img, img[:, ::-1].copy(), img[2:8, 2:8].copy()])
+        np.testing.assert_allclose(row, unit(parts.mean(axis=0)), atol=1e-5)
+    # MAC of a mirrored image is the same; of a crop it differs: the views mean something
+    assert not np.allclose(X, single.embed(images), atol=1e-3)
+    one = make_embedder("onnx:" + path, pooling="mac", views="full")
+    assert one.embed(images[:1]).tolist() == single.embed(images[:1]).tolist()
+    multi.save(tmp_path / "saved")
+    np.testing.assert_allclose(load_embedder(tmp_path / "saved").embed(images), X, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown view"):
+        make_embedder("onnx:" + path, views="full,crop2")

@@ -335,6 +335,10 @@ def test_resolve_base(monkeypatch, tmp_path):
     assert resolve_base(emb) is emb
     with pytest.raises(ValueError, match="cannot be the base"):
         resolve_base(f"siamese:{tmp_path}")
+    with pytest.raises(ValueError, match="does not take views"):
+        resolve_base("hog", views="full,flip")
+    with pytest.raises(ValueError, match="not as an instance"):
+        resolve_base(emb, views="full,flip")
 
 
 def test_missing_extras_are_named(monkeypatch, trained):

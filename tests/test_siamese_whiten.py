@@ -115,3 +115,34 @@ def test_cli_trains_the_closed_form_whitening_head(tmp_path):
     res = cli_run("train", "siamese", data, "--base", "hog", "--init", "lw", "--shrinkage",
                   "lots", "-o", tmp_path / "m2", "-q", ok=False)
     assert res.exit_code != 0 and "--shrinkage" in res.output
+
+
+@torch_needed
+def test_cli_base_views_are_kept_in_the_model_and_used_when_embedding(tmp_path):
+    pytest.importorskip("onnx", reason="exporting the head needs onnx (extra 'siamese')")
+    pytest.importorskip("onnxruntime", reason="the ONNX base needs onnxruntime (extra 'deep')")
+    from conftest import cli_run
+    from test_deep import write_conv_onnx
+    from test_siamese import _write_classes
+
+    from cvretrieval.embedders import make_embedder
+    from cvretrieval.io import read_image
+
+    data = _write_classes(tmp_path / "data", n_classes=6, n_per=4)
+    conv = write_conv_onnx(tmp_path / "conv.onnx", size=16)
+    model = tmp_path / "model"
+    cli_run("train", "siamese", data, "--base", f"onnx:{conv}", "--base-views", "full,crop0.5",
+            "--init", "lw", "--shrinkage", 1, "--head", 4, "--epochs", 0, "--val-split", 0,
+            "--n-jobs", 1, "-o", model, "-q")
+    meta = json.loads((model / "siamese.json").read_text())
+    assert meta["training"]["base_views"] == "full,crop0.5"
+    siamese = make_embedder(f"siamese:{model}")
+    images = [read_image(p, max_side=640) for p in sorted(data.glob("class*/0.png"))]
+    X = siamese.embed(images)
+    with_views = make_embedder(f"onnx:{conv}", views="full,crop0.5").embed(images)
+    plain = make_embedder(f"onnx:{conv}").embed(images)
+    np.testing.assert_allclose(X, siamese.apply_head(with_views), atol=1e-5)
+    assert not np.allclose(X, siamese.apply_head(plain), atol=1e-3)
+    res = cli_run("train", "siamese", data, "--base", "hog", "--base-views", "full,flip",
+                  "-o", tmp_path / "m2", "-q", ok=False)
+    assert res.exit_code != 0 and "views" in res.output

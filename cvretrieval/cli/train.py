@@ -20,6 +20,9 @@ def train_group() -> None:
 @click.option("--base", default="mobilenet", show_default=True,
               help="Frozen base embedder spec (tflite:MODEL, hog, bovw-sift, vlad, ...); "
                    "'mobilenet' = the file named by $CVRET_MOBILENET.")
+@click.option("--base-views", default=None, metavar="VIEWS",
+              help="Views a network base embeds and averages, e.g. full,crop0.8 "
+                   "(full, flip, cropF, cropF-flip); kept in the model.")
 @click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet",
               show_default=True)
 @click.option("--margin", type=float, default=None, help="Loss margin (default: per loss).")
@@ -81,7 +84,8 @@ def train_group() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Model folder (use it as --features siamese:FOLDER).")
 @common_options
-def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None, mining: str,
+def train_siamese_cmd(dataset: Path, base: str, base_views: str | None, loss: str,
+                      margin: float | None, mining: str,
                       head: str, plain: bool, init: str, shrinkage: str, mix: str, center: str,
                       epochs: int | None,
                       patience: int | None, batch_p: int | None, batch_k: int,
@@ -109,7 +113,8 @@ def train_siamese_cmd(dataset: Path, base: str, loss: str, margin: float | None,
         ) from None
     centres: dict[str, str | bool] = {"auto": "auto", "yes": True, "no": False}
     centre = centres[center]
-    result = train_siamese(dataset, base=base, loss=loss, margin=margin, mining=mining,
+    result = train_siamese(dataset, base=base, base_views=base_views, loss=loss, margin=margin,
+                           mining=mining,
                            head=sizes, residual=not plain, init=init, shrinkage=shrink_value,
                            mix=mix_value,
                            center=centre,

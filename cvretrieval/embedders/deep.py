@@ -46,7 +46,9 @@ from .preprocess import (
     RESIZE_MODES,
     as_hw,
     channel_triple,
+    image_views,
     input_geometry,
+    parse_views,
     prepare_batch,
     resize_image,
 )
@@ -119,6 +121,12 @@ class DeepEmbedder(Embedder):
         CUDA provider; torch with CUDA), else the CPU; ``cuda`` without one is an error
         naming what is missing. TFLite runs on the CPU. Vectors do not depend on it beyond
         floating-point rounding.
+    views : str, default 'full'
+        Test-time views of each image (:func:`parse_views`): ``full``, ``flip``, ``cropF``
+        (the central fraction ``F`` of each side), ``cropF-flip``, comma-separated; the
+        vector is the mean of the views' L2-normalised vectors (one network pass per view).
+        ``full,crop0.8`` scored class retrieval higher than ``full`` on held-out Caltech
+        classes (README, "Siamese heads on unseen classes").
 
     Attributes
     ----------
@@ -156,6 +164,7 @@ class DeepEmbedder(Embedder):
         batch_size: int = 8,
         n_threads: int | None = None,
         device: str = "auto",
+        views: str = "full",
     ):
         self.model_path = str(model_path)
         self.input_size = list(input_size) if isinstance(input_size, tuple) else input_size
@@ -170,6 +179,7 @@ class DeepEmbedder(Embedder):
         self.batch_size = batch_size
         self.n_threads = n_threads
         self.device = device
+        self.views = views
         self.model_sha256_: str | None = None
         self._info: dict[str, Any] | None = None
         self._runtime: Runtime | None = None
@@ -202,6 +212,7 @@ class DeepEmbedder(Embedder):
                 raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
         if not (isinstance(s("p"), (int, float)) and s("p") > 0):
             raise ValueError(f"p (the GeM exponent) must be > 0, got {s('p')!r}")
+        parse_views(self.views)
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         for key in ("mean", "std"):
@@ -357,7 +368,12 @@ class DeepEmbedder(Embedder):
         if len(images) == 0:
             return []
         self._inspect()
-        return list(self._forward(list(images)))
+        views = parse_views(self.views)
+        if views == ((1.0, False),):
+            return list(self._forward(list(images)))
+        Y = self._forward([v for im in images for v in image_views(im, views)])
+        Y = l2_normalize(Y).reshape(len(images), len(views), -1)
+        return list(Y.mean(axis=1))
 
     def extract(self, image: NDArray[np.uint8]) -> NDArray[np.float32]:
         """The pooled (not yet L2-normalised) vector of one RGB uint8 image, ``(dim,)`` float32."""

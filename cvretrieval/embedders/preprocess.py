@@ -34,10 +34,83 @@ __all__ = [
     "channel_triple",
     "format_shape",
     "guess_layout",
+    "image_views",
     "input_geometry",
+    "parse_views",
     "prepare_batch",
     "resize_image",
 ]
+
+
+def parse_views(views: str | Sequence[str]) -> tuple[tuple[float, bool], ...]:
+    """Parse the views of an image a network embeds (test-time augmentation).
+
+    A view is ``full`` (the image), ``flip`` (mirrored left-right), ``cropF`` (the central
+    part keeping the fraction ``0 < F < 1`` of each side) or ``cropF-flip``; several are
+    given comma-separated or as a sequence.
+
+    Returns
+    -------
+    tuple of (fraction, flipped)
+        One per view, in order (fraction 1 for the whole image).
+
+    Examples
+    --------
+    >>> parse_views("full,crop0.8")
+    ((1.0, False), (0.8, False))
+    >>> parse_views(["flip", "crop0.5-flip"])
+    ((1.0, True), (0.5, True))
+    """
+    items = views.split(",") if isinstance(views, str) else list(views)
+    out = []
+    for item in items:
+        v = str(item).strip().lower()
+        flipped = v == "flip" or v.endswith("-flip")
+        core = "full" if v == "flip" else v.removesuffix("-flip")
+        if core == "full":
+            fraction = 1.0
+        else:
+            try:
+                fraction = float(core.removeprefix("crop")) if core.startswith("crop") else -1.0
+            except ValueError:
+                fraction = -1.0
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(
+                    f"unknown view {item!r}: write full, flip, cropF or cropF-flip (0 < F < 1)"
+                )
+        out.append((fraction, flipped))
+    if not out:
+        raise ValueError("views names no view: write e.g. full or full,crop0.8")
+    return tuple(out)
+
+
+def image_views(
+    image: NDArray[Any], views: Sequence[tuple[float, bool]]
+) -> list[NDArray[Any]]:
+    """The views of one image parsed by :func:`parse_views` (contiguous arrays).
+
+    A crop keeps ``round(F * side)`` pixels (at least 1) of each side, centred.
+
+    Examples
+    --------
+    >>> img = np.arange(20).reshape(4, 5)
+    >>> [v.tolist() for v in image_views(img, ((0.5, False), (1.0, True)))][0]
+    [[6, 7], [11, 12]]
+    >>> image_views(img, ((1.0, True),))[0][0].tolist()
+    [4, 3, 2, 1, 0]
+    """
+    out = []
+    h, w = image.shape[:2]
+    for fraction, flipped in views:
+        v = image
+        if fraction < 1.0:
+            ch, cw = max(1, int(round(h * fraction))), max(1, int(round(w * fraction)))
+            top, left = (h - ch) // 2, (w - cw) // 2
+            v = v[top : top + ch, left : left + cw]
+        if flipped:
+            v = v[:, ::-1]
+        out.append(np.ascontiguousarray(v))
+    return out
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:

@@ -32,7 +32,7 @@ class PretrainedEmbedder(DeepEmbedder):
         Overrides the registry's pooling (for models whose output is a feature map).
     p : float or None
         GeM exponent (default 3).
-    batch_size, n_threads, device
+    batch_size, n_threads, device, views
         As for :class:`cvretrieval.embedders.deep.DeepEmbedder`.
 
     Attributes
@@ -60,6 +60,7 @@ class PretrainedEmbedder(DeepEmbedder):
         batch_size: int = 8,
         n_threads: int | None = None,
         device: str = "auto",
+        views: str = "full",
     ):
         self.model_name = model_name
         self.pooling = pooling  # type: ignore[assignment]
@@ -67,6 +68,7 @@ class PretrainedEmbedder(DeepEmbedder):
         self.batch_size = batch_size
         self.n_threads = n_threads
         self.device = device
+        self.views = views
         self.model_sha256_: str | None = None
         self._info: dict[str, Any] | None = None
         self._runtime = None

@@ -40,15 +40,19 @@ __all__ = [
 ]
 
 
-def resolve_base(base: str | Embedder) -> Embedder:
+def resolve_base(base: str | Embedder, views: str | None = None) -> Embedder:
     """An unfitted (or already fitted) base embedder from a spec, an alias or an instance.
 
     ``"mobilenet"`` stands for the model file named by the environment variable
     ``CVRET_MOBILENET`` (a ``.tflite``, ``.onnx`` or TorchScript ``.pt`` file), e.g. the
     Coral MobileNet v1 embedding extractor; any other string is an embedder spec
-    (``"tflite:/path/model.tflite"``, ``"hog"``, ``"bovw-sift"``, ``"vlad"``).
+    (``"tflite:/path/model.tflite"``, ``"hog"``, ``"bovw-sift"``, ``"vlad"``). ``views``
+    (a network base's test-time views, e.g. ``"full,crop0.8"``; see
+    :func:`cvretrieval.embedders.preprocess.parse_views`) is passed to the spec's embedder.
     """
     if isinstance(base, Embedder):
+        if views is not None:
+            raise ValueError("views applies to a base given as a spec, not as an instance")
         return base
     if not isinstance(base, str) or not base.strip():
         raise ValueError(f"base must be an embedder spec string or an Embedder, got {base!r}")
@@ -68,7 +72,7 @@ def resolve_base(base: str | Embedder) -> Embedder:
         spec = f"{kind}:{path}"
     if spec.lower().startswith("siamese:"):
         raise ValueError(f"base {spec!r}: a Siamese model cannot be the base of another one")
-    return make_embedder(spec)
+    return make_embedder(spec, views=views)
 
 
 def dataset_labels(data: RetrievalDataset) -> tuple[list[Path], NDArray[np.int64], list[str]]:

@@ -77,6 +77,7 @@ def train_siamese(
     dataset_or_path: RetrievalDataset | str | os.PathLike | tuple[Sequence[Any], Sequence[Any]],
     *,
     base: str | Embedder = "mobilenet",
+    base_views: str | None = None,
     loss: str = "triplet",
     margin: float | None = None,
     mining: str = "batch-hard",
@@ -118,6 +119,10 @@ def train_siamese(
         The frozen base embedder: a spec (``tflite:/path/mobilenet.tflite``, ``hog``,
         ``bovw-sift``, ``vlad``, ...), ``"mobilenet"`` (the file named by
         ``$CVRET_MOBILENET``) or an instance; fitted on the training images if it needs it.
+    base_views : str, optional
+        Test-time views of a network base (e.g. ``"full,crop0.8"``: the mean of the
+        image's and its central crop's vectors), used for training and kept in the model's
+        ``base/``, so embedding with the model computes the same views.
     loss : {'triplet', 'contrastive'}
     margin : float, optional
         Default 0.2 (triplet) or 0.8 (contrastive), on distances between unit vectors.
@@ -239,7 +244,7 @@ def train_siamese(
             val_split=val_split, max_side=max_side, random_state=random_state,
             progress=progress, n_jobs=n_jobs, device=device,
         )
-    embedder = resolve_base(base)
+    embedder = resolve_base(base, views=base_views)
 
     t0 = time.perf_counter()
     fitted, X, rows = embed_base(
@@ -278,7 +283,7 @@ def train_siamese(
         "epochs": epochs,
         "patience": patience, "batch_p": batch_p, "batch_k": batch_k,
         "weight_decay": weight_decay, "val_split": val_split, "max_side": max_side,
-        "random_state": random_state,
+        "random_state": random_state, "base_views": base_views,
     }
     base_meta = {**fitted.spec(), "dim": fitted.dim, "dir": "base"}
     head_meta = {"file": "head.onnx", "sha256": file_sha256(head_path), "in_dim": model.in_dim,
