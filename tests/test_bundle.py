@@ -166,3 +166,55 @@ def test_swapped_embedder_files_are_detected(tmp_path):
         w.commit(m)
     with pytest.raises(BundleError, match="checksum"):
         Bundle.open(root).check_embedder_files()
+
+
+def _mapped_rss_kb(path) -> int:
+    """Resident kB of every mapping of ``path`` in this process (Linux smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"),
+                    reason="needs Linux /proc/self/smaps to see mapped pages")
+def test_iter_blocks_reads_rows_without_keeping_the_file_mapped(tmp_path):
+    # a scan of a big segment (an index build at 1M images) used to leave every page
+    # of vectors.npy mapped into the process: 1.3 GB of RSS that counts against the
+    # memory target while the index is being built
+    from cvretrieval.bundle.segments import SegmentWriter
+
+    rng = np.random.default_rng(0)
+    n, dim = 20000, 128  # 10 MB of float32
+    rows = rng.standard_normal((n, dim)).astype(np.float32)
+    w = SegmentWriter(tmp_path / "seg", sparse=False, dim=dim)
+    for start in range(0, n, 5000):
+        w.append(np.arange(start, start + 5000, dtype=np.int64) + 10, rows[start:start + 5000])
+    w.close()
+    seg = Segment(tmp_path / "seg", number=1, n=n, sparse=False, dim=dim)
+    got_ids, got_rows = [], []
+    for ids, block in seg.iter_blocks(3000):
+        got_ids.append(ids)
+        got_rows.append(block)
+        assert block.flags["C_CONTIGUOUS"] and block.dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate(got_ids), np.arange(n) + 10)
+    np.testing.assert_array_equal(np.concatenate(got_rows), rows)
+    assert _mapped_rss_kb(tmp_path / "seg" / "vectors.npy") < 1024  # not 10 MB
+
+
+def test_iter_blocks_of_a_truncated_segment_is_one_line_bundle_error(tmp_path):
+    from cvretrieval.bundle.segments import SegmentWriter
+
+    w = SegmentWriter(tmp_path / "seg", sparse=False, dim=4)
+    w.append(np.arange(1, 101, dtype=np.int64), np.ones((100, 4), np.float32))
+    w.close()
+    path = tmp_path / "seg" / "vectors.npy"
+    path.write_bytes(path.read_bytes()[:-64])
+    seg = Segment(tmp_path / "seg", number=1, n=100, sparse=False, dim=4)
+    with pytest.raises(BundleError):
+        list(seg.iter_blocks(30))
