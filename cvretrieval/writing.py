@@ -275,7 +275,7 @@ class BundleWriting:
     def _commit(self, w: BundleWriter, manifest: dict[str, Any]) -> None:
         n_vectors = sum(s["n"] for s in manifest["segments"])
         with bb.Catalog(w.root / manifest["catalog"], manifest["next_id"]) as cat:
-            counts = {s: cat.count(s) for s in ("ok", "failed", "nofeatures", "removed")}
+            counts = cat.counts()
         manifest["counts"] = {"images": manifest["next_id"], "vectors": n_vectors, **counts}
         w.commit(manifest)
 

@@ -48,6 +48,18 @@ def test_catalog_is_live_and_limited_to_committed_ids(tmp_path):
         assert [e.id for e in c.iter_entries(batch=2)] == [0, 1, 2]
 
 
+def test_catalog_counts_every_status_of_committed_ids_only(tmp_path):
+    path = tmp_path / "c.sqlite"
+    statuses = ["ok", "ok", "failed", "nofeatures", "ok", "failed"]
+    with Catalog(path, 0, write=True) as c:
+        c.insert([CatalogEntry(id=i, path=f"/x/{i}.jpg", status=s)
+                  for i, s in enumerate(statuses)])
+    with Catalog(path, 5, write=True) as c:  # id 5 is not committed
+        c.mark_removed([0])
+        assert c.counts() == {"ok": 2, "failed": 1, "nofeatures": 1, "removed": 1}
+        assert c.counts() == {s: c.count(s) for s in ("ok", "failed", "nofeatures", "removed")}
+
+
 def test_unreadable_catalog_is_one_line_bundle_error(tmp_path):
     bad = tmp_path / "c.sqlite"
     bad.write_bytes(b"not a database at all" * 10)

@@ -111,6 +111,12 @@ class Catalog:
         return int(self._query("SELECT COUNT(*) FROM images WHERE id < ? AND status = ?",
                                (self.next_id, status))[0][0])
 
+    def counts(self) -> dict[str, int]:
+        """Rows per status, every status present (one scan, not one per status)."""
+        found = dict(self._query(
+            "SELECT status, COUNT(*) FROM images WHERE id < ? GROUP BY status", (self.next_id,)))
+        return {s: int(found.get(s, 0)) for s in STATUSES}
+
     def entries(self, ids: Iterable[int]) -> list[CatalogEntry | None]:
         """The entries of ``ids`` in that order (``None`` for unknown ids)."""
         ids = [int(i) for i in ids]
