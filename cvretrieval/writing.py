@@ -26,6 +26,7 @@ from . import __version__
 from ._files import resolve_paths
 from .bundle import Bundle, BundleWriter, folder_checksums, item_codec
 from .bundle import build as bb
+from .bundle.catalog import STATUSES
 from .bundle.segments import segment_name
 from .errors import BundleError, ImageReadError, NotFittedError
 from .io import scan_images
@@ -272,10 +273,27 @@ class BundleWriting:
             "options": {**self._options(), "whitening": wh_dir}, "catalog": cat_name,
         }
 
-    def _commit(self, w: BundleWriter, manifest: dict[str, Any]) -> None:
+    def _commit(self, w: BundleWriter, manifest: dict[str, Any], *, new_from: int | None = None,
+                removed: Sequence[str] = ()) -> None:
+        """Write the manifest with its counts. Given what changed since the committed
+        manifest (rows from id ``new_from`` on, the previous statuses of rows now
+        ``removed``), the counts are the committed ones updated: an add of n images
+        reads n catalog rows, not the whole catalog."""
         n_vectors = sum(s["n"] for s in manifest["segments"])
+        prev = (w.manifest or {}).get("counts") or {}
+        known = all(isinstance(prev.get(s), int) for s in STATUSES) and (
+            new_from is None or prev.get("images") == new_from)
         with bb.Catalog(w.root / manifest["catalog"], manifest["next_id"]) as cat:
-            counts = cat.counts()
+            if not known or (new_from is None and not removed):
+                counts = cat.counts()
+            else:
+                counts = {s: int(prev[s]) for s in STATUSES}
+                if new_from is not None:
+                    for s, n in cat.counts(first=new_from).items():
+                        counts[s] += n
+                for s in removed:
+                    counts[s] -= 1
+                    counts["removed"] += 1
         manifest["counts"] = {"images": manifest["next_id"], "vectors": n_vectors, **counts}
         w.commit(manifest)
 
@@ -293,7 +311,8 @@ class BundleWriting:
             keys = resolve_paths(candidates)
             with bb.Catalog(root / manifest["catalog"], first_id) as cat:
                 known = cat.ids_of(keys)
-                removed = set(cat.ids_with_status("removed").tolist()) if known else set()
+                removed = {e.id for e in cat.entries(sorted(set(known.values())))
+                           if e is not None and e.status == "removed"}
             live = {p for p, i in known.items() if i not in removed}
             paths = []
             for p, key in zip(candidates, keys, strict=True):
@@ -311,7 +330,7 @@ class BundleWriting:
                 new = {r["number"] for r in records if r["n"]}
                 template = self._load_template(root, manifest)
                 manifest["index"] = self._train_and_shard(root, manifest, w, template, new)
-                self._commit(w, manifest)
+                self._commit(w, manifest, new_from=first_id)
         self._reopen(root, added=True)
         self._report("add", len(paths), failures, t0, 0.0, 0.0, duplicates=duplicates)
         return self
@@ -330,11 +349,12 @@ class BundleWriting:
                 if missing:
                     ids += [e.id for e in cat.iter_entries()
                             if e.status != "removed" and not Path(e.path).is_file()]
-                live = [e.id for e in cat.entries(sorted(set(ids)))
-                        if e is not None and e.status != "removed"]
+                entries = [e for e in cat.entries(sorted(set(ids)))
+                           if e is not None and e.status != "removed"]
+                live = [e.id for e in entries]
                 cat.mark_removed(live)
             not_found = [p for p in wanted if p not in found]
-            self._commit(w, manifest)
+            self._commit(w, manifest, removed=[e.status for e in entries])
         loaded = self._index
         self._open(root)
         if loaded is not None and live:  # keep the loaded index: take the removed out

@@ -414,3 +414,45 @@ def test_one_query_searches_with_one_faiss_thread_and_restores_it(photos, tmp_pa
         assert faiss.omp_get_max_threads() == 2
     finally:
         faiss.omp_set_num_threads(os.cpu_count() or 1)
+
+
+def test_manifest_counts_follow_adds_and_removes_without_recounting(tmp_path, monkeypatch):
+    """The counts a commit writes are the committed ones updated by what changed (an add
+    reads only its own catalog rows), and always equal a full recount of the catalog."""
+    from cvretrieval.bundle import Catalog
+
+    paths = _write_images(tmp_path / "p", range(12))
+    bad = tmp_path / "p" / "broken.png"
+    bad.write_bytes(b"not an image")
+    firsts: list[int] = []
+    real = Catalog.counts
+
+    def spy(self, first=0):
+        firsts.append(first)
+        return real(self, first)
+
+    monkeypatch.setattr(Catalog, "counts", spy)
+
+    def recount(ret):
+        m = ret.bundle_.manifest
+        with Catalog(ret.bundle_.root / m["catalog"], m["next_id"]) as cat:
+            full = real(cat)
+        assert {s: m["counts"][s] for s in full} == full
+        return full
+
+    ret = Retriever("hog", n_jobs=1).build([*paths[:6], bad], output=tmp_path / "b")
+    assert recount(ret) == {"ok": 6, "failed": 1, "nofeatures": 0, "removed": 0}
+    firsts.clear()
+    ret.add(paths[6:10])
+    assert firsts == [7]  # only the 4 new rows were counted
+    ret.remove([paths[1], paths[7]])
+    ret.remove([paths[1]])  # already removed: nothing changes
+    ret.remove([bad])  # a failed row becomes removed
+    assert recount(ret) == {"ok": 8, "failed": 0, "nofeatures": 0, "removed": 3}
+    ret.add([paths[1], *paths[10:12]])  # one removed image comes back as a new row
+    assert recount(ret) == {"ok": 11, "failed": 0, "nofeatures": 0, "removed": 3}
+    paths[2].unlink()
+    ret.remove(missing=True)
+    ret.compact()
+    assert recount(ret) == {"ok": 10, "failed": 0, "nofeatures": 0, "removed": 4}
+    assert len(Retriever.load(tmp_path / "b")) == 10

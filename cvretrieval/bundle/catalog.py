@@ -111,10 +111,12 @@ class Catalog:
         return int(self._query("SELECT COUNT(*) FROM images WHERE id < ? AND status = ?",
                                (self.next_id, status))[0][0])
 
-    def counts(self) -> dict[str, int]:
-        """Rows per status, every status present (one scan, not one per status)."""
+    def counts(self, first: int = 0) -> dict[str, int]:
+        """Rows per status among ids ``first`` to ``next_id - 1``, every status present
+        (one scan of that id range, not one per status)."""
         found = dict(self._query(
-            "SELECT status, COUNT(*) FROM images WHERE id < ? GROUP BY status", (self.next_id,)))
+            "SELECT status, COUNT(*) FROM images WHERE id >= ? AND id < ? GROUP BY status",
+            (int(first), self.next_id)))
         return {s: int(found.get(s, 0)) for s in STATUSES}
 
     def entries(self, ids: Iterable[int]) -> list[CatalogEntry | None]:
