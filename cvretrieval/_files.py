@@ -124,14 +124,27 @@ def read_regular_file(path: Path, *, what: str = "a file") -> bytes:
         fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in now cannot block us
     except OSError as err:
         raise FileProblem(path, _open_error(path, err)) from None
-    with os.fdopen(fd, "rb") as f:
-        kind = kind_of(os.fstat(fd).st_mode)
+    # plain os.read on the descriptor: a buffered file object around it cost as much
+    # as the read itself for the small files of a large collection (12 of 28 us)
+    try:
+        st = os.fstat(fd)
+        kind = kind_of(st.st_mode)
         if kind is not None:
             raise FileProblem(path, _not_regular(kind, what))
-        try:
-            return f.read()
-        except OSError as err:
-            raise FileProblem(path, one_line(err)) from None
+        parts = []
+        want = max(st.st_size, 0) + 1  # one byte more: a file that grew is read to its end
+        while True:
+            try:
+                chunk = os.read(fd, want)
+            except OSError as err:
+                raise FileProblem(path, one_line(err)) from None
+            if not chunk:
+                break
+            parts.append(chunk)
+            want = 1 << 20
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # b"" when empty
+    finally:
+        os.close(fd)
 
 
 def normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:

@@ -554,3 +554,24 @@ def test_resolve_paths_equals_path_resolve(tmp_path):
         assert resolve_paths(paths) == [str(Path(p).resolve()) for p in paths]
     finally:
         os.chdir(old)
+
+
+def test_read_regular_file_returns_every_byte_and_closes_its_descriptor(tmp_path):
+    """The reader works on the raw descriptor (no buffered file object): it must still
+    return the whole file, empty or larger than one read, and never leak the fd."""
+    import os
+
+    from cvretrieval._files import FileProblem, read_regular_file
+
+    fd_dir = "/proc/self/fd"
+    before = len(os.listdir(fd_dir)) if os.path.isdir(fd_dir) else None
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 4095, (3 << 20) + 7):
+        p = tmp_path / f"f{size}"
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        p.write_bytes(data)
+        assert read_regular_file(p) == data
+    with pytest.raises(FileProblem):
+        read_regular_file(tmp_path)  # a directory: refused before it is opened
+    if before is not None:
+        assert len(os.listdir(fd_dir)) == before
