@@ -274,24 +274,26 @@ class BundleWriting:
         }
 
     def _commit(self, w: BundleWriter, manifest: dict[str, Any], *, new_from: int | None = None,
-                removed: Sequence[str] = ()) -> None:
-        """Write the manifest with its counts. Given what changed since the committed
-        manifest (rows from id ``new_from`` on, the previous statuses of rows now
+                removed: Sequence[str] | None = None) -> None:
+        """Write the manifest with its counts. Told what changed since the committed
+        manifest (rows from id ``new_from`` on, or the previous statuses of the rows now
         ``removed``), the counts are the committed ones updated: an add of n images
-        reads n catalog rows, not the whole catalog."""
+        reads n catalog rows, not the whole catalog. Otherwise (a build, a compact, a
+        manifest without counts) the catalog is counted."""
         n_vectors = sum(s["n"] for s in manifest["segments"])
         prev = (w.manifest or {}).get("counts") or {}
-        known = all(isinstance(prev.get(s), int) for s in STATUSES) and (
+        update = (new_from is not None or removed is not None) and all(
+            isinstance(prev.get(s), int) for s in STATUSES) and (
             new_from is None or prev.get("images") == new_from)
         with bb.Catalog(w.root / manifest["catalog"], manifest["next_id"]) as cat:
-            if not known or (new_from is None and not removed):
+            if not update:
                 counts = cat.counts()
             else:
                 counts = {s: int(prev[s]) for s in STATUSES}
                 if new_from is not None:
                     for s, n in cat.counts(first=new_from).items():
                         counts[s] += n
-                for s in removed:
+                for s in removed or ():
                     counts[s] -= 1
                     counts["removed"] += 1
         manifest["counts"] = {"images": manifest["next_id"], "vectors": n_vectors, **counts}

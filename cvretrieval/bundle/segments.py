@@ -188,27 +188,15 @@ class Segment:
         # scan of a 1M-row segment would otherwise leave every page it touched
         # mapped into this process (1.3 GB of RSS at 1M x 324 floats) while the
         # index it feeds is being built.
-        offset = int(getattr(rows, "offset", 0)) or self._vectors_offset()
         row_bytes = 4 * self.dim
         with open(self.directory / VECTORS_FILE, "rb") as f:
-            f.seek(offset)
+            f.seek(rows.offset)  # np.load's memmap knows where the header ends
             for start in range(0, self.n, block):
                 stop = min(start + block, self.n)
                 chunk = np.empty((stop - start, self.dim), np.float32)
                 if f.readinto(memoryview(chunk).cast("B")) != (stop - start) * row_bytes:
                     raise self._fail(VECTORS_FILE, "is shorter than its header says")
                 yield np.asarray(self.ids[start:stop]), chunk
-
-    def _vectors_offset(self) -> int:
-        from numpy.lib import format as npy_format
-
-        with open(self.directory / VECTORS_FILE, "rb") as f:
-            version = npy_format.read_magic(f)
-            if version == (1, 0):
-                npy_format.read_array_header_1_0(f)
-            else:
-                npy_format.read_array_header_2_0(f)
-            return f.tell()
 
     def take(self, positions: NDArray[np.int64]) -> Any:
         """Rows at ``positions`` (a list for items)."""
