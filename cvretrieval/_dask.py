@@ -67,8 +67,9 @@ def _client(scheduler: str) -> Iterator[Any]:
 
 def dask_map(job: Any, tasks: Sequence[Any], scheduler: str,
              chunk_size: int | None) -> Iterator[list[Any]]:
-    """Chunk results of ``run_chunk(job, chunk)`` computed on the cluster, in order."""
-    from .pipeline import Job, run_chunk
+    """Chunk results of ``run_chunk(job, chunk)`` computed on the cluster (packed for the
+    trip back), in order."""
+    from .pipeline import Job, run_chunk_packed, unpack_items
 
     with _client(scheduler) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -82,11 +83,11 @@ def dask_map(job: Any, tasks: Sequence[Any], scheduler: str,
         try:
             while nxt < len(chunks) or futures:
                 while nxt < len(chunks) and len(futures) < window:
-                    futures.append(client.submit(run_chunk, remote_job, chunks[nxt],
+                    futures.append(client.submit(run_chunk_packed, remote_job, chunks[nxt],
                                                  pure=False))
                     nxt += 1
                 head = futures.pop(0)
-                yield head.result()
+                yield unpack_items(head.result())
                 head.release()
         finally:
             for f in futures:

@@ -199,39 +199,43 @@ def scan_images(
 
     found: list[tuple[str, Path]] = []
     skipped: list[tuple[str, Path, str]] = []
-    pending = [root]
+    pending = [(root, "")]  # (folder, its path relative to root with a trailing "/")
     while pending:
-        folder = pending.pop()
+        folder, prefix = pending.pop()
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
         except OSError as err:
-            rel = folder.relative_to(root).as_posix()
-            skipped.append((rel, folder, f"cannot list this folder: {_open_error(folder, err)}"))
+            skipped.append((prefix.rstrip("/"), folder,
+                            f"cannot list this folder: {_open_error(folder, err)}"))
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
-            path = folder / entry.name
-            rel = path.relative_to(root).as_posix()
-            suffix = Path(entry.name).suffix.lower()
+            rel = prefix + name
             is_link = entry.is_symlink()
             if entry.is_dir(follow_symlinks=False):
                 if recursive:
-                    pending.append(path)
+                    pending.append((folder / name, rel + "/"))
                 continue
+            suffix = os.path.splitext(name)[1].lower()
+            suffix = "" if suffix == "." else suffix  # as Path("a.").suffix
             is_image_name = suffix in suffixes
             if not (is_image_name or is_link):
                 continue
-            problem = _entry_problem(entry)
+            # a regular file by the directory entry's own type needs no stat (100,000
+            # files: 1.3 s -> 0.3 s); links and unknown types are looked at
+            regular = not is_link and entry.is_file(follow_symlinks=False)
+            problem = None if regular else _entry_problem(entry)
             if problem is None:
                 if is_image_name:
-                    found.append((rel, path))
+                    found.append((rel, folder / name))
             elif problem == _LINKED_FOLDER:
                 if recursive:
-                    skipped.append((rel, path, problem))
+                    skipped.append((rel, folder / name, problem))
             elif problem and (is_image_name or suffix == ""):
-                skipped.append((rel, path, problem))
+                skipped.append((rel, folder / name, problem))
     found.sort(key=lambda item: item[0])
     skipped.sort(key=lambda item: item[0])
     for _, path, reason in skipped:
@@ -280,20 +284,21 @@ def resolve_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     >>> resolve_paths(["x/../a.jpg"]) == [str(Path("a.jpg").resolve())]
     True
     """
-    folders: dict[Path, Path] = {}
+    folders: dict[str, str] = {}
     out = []
-    for p in map(Path, paths):
-        if p.name in ("", ".", ".."):
-            out.append(str(p.resolve()))
+    for p in map(os.fspath, paths):  # strings, not Path objects: 1.1 -> 0.6 s at 100,000
+        head, name = os.path.split(p)
+        if name in ("", ".", ".."):
+            out.append(str(Path(p).resolve()))
             continue
-        folder = folders.get(p.parent)
+        folder = folders.get(head)
         if folder is None:
-            folder = folders[p.parent] = p.parent.resolve()
-        q = folder / p.name
+            folder = folders[head] = str(Path(head or ".").resolve())
+        q = os.path.join(folder, name)
         try:
             if stat.S_ISLNK(os.lstat(q).st_mode):
-                q = q.resolve()
+                q = str(Path(q).resolve())
         except OSError:  # missing or unreadable: what resolve() gives
-            q = p.resolve()
-        out.append(str(q))
+            q = str(Path(p).resolve())
+        out.append(q)
     return out

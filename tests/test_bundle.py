@@ -230,3 +230,50 @@ def test_iter_blocks_of_a_truncated_segment_is_one_line_bundle_error(tmp_path):
     seg = Segment(tmp_path / "seg", number=1, n=100, sparse=False, dim=4)
     with pytest.raises(BundleError):
         list(seg.iter_blocks(30))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_write_segments_in_blocks_keeps_every_row_in_order(tmp_path, sparse):
+    """Rows reach the segment in blocks; failures and empty rows between them, and a
+    block size that does not divide the count, leave every row at its id."""
+    import scipy.sparse as sp
+
+    from cvretrieval.bundle.build import write_segments
+    from cvretrieval.pipeline import Item
+
+    rng = np.random.default_rng(0)
+    n, dim = 23, 6
+    dense = rng.random((n, dim)).astype(np.float32)
+    dense[[4, 11]] = 0  # no features
+    failed = {2, 7, 8, 20}
+    items = [Item(j, "0" * 40, 10, (8, 8), error="cannot read" if j in failed else None,
+                  value=None if j in failed else (sp.csr_matrix(dense[j]) if sparse
+                                                  else dense[j].copy()))
+             for j in range(n)]
+    paths = [f"/x/{j}.jpg" for j in range(n)]
+    root = tmp_path / "b"
+    with BundleWriter(root) as w, Catalog(root / "c.sqlite", 100, write=True) as cat:
+        records, failures = write_segments(
+            lambda: w.new_segment(sparse=sparse, dim=dim), cat, iter(items), paths, 100,
+            has_features=lambda v: bool(v.nnz if sparse else v.any()), block=5,
+            segment_size=9)
+        got_ids, got_rows = [], []  # read before the writer ends (uncommitted)
+        for r in records:
+            seg = Segment(root / f"segments/{r['number']:06d}", number=r["number"], n=r["n"],
+                          sparse=sparse, dim=dim)
+            got_ids.append(seg.ids.tolist())
+            rows = seg.rows()
+            got_rows.append(rows.toarray() if sparse else np.array(rows))
+    with Catalog(root / "c.sqlite", 100 + n) as cat:
+        entries = cat.entries(range(100, 100 + n))
+    kept = [j for j in range(n) if j not in failed | {4, 11}]
+    assert [f["path"] for f in failures] == [paths[j] for j in sorted(failed | {4, 11})]
+    assert [e.status for e in entries] == [
+        "failed" if j in failed else "nofeatures" if j in (4, 11) else "ok" for j in range(n)]
+    for r, ids in zip(records, got_ids, strict=True):
+        assert {e.segment for e in entries if e.id in set(ids)} == {r["number"]}
+    got_ids = sum(got_ids, [])
+    assert got_ids == [100 + j for j in kept]
+    np.testing.assert_array_equal(np.vstack(got_rows), dense[kept])
+    if sparse:  # sparse segments close at segment_size rows
+        assert [r["n"] for r in records] == [9, 8]

@@ -456,3 +456,38 @@ def test_manifest_counts_follow_adds_and_removes_without_recounting(tmp_path, mo
     ret.compact()
     assert recount(ret) == {"ok": 10, "failed": 0, "nofeatures": 0, "removed": 4}
     assert len(Retriever.load(tmp_path / "b")) == 10
+
+
+def test_packed_chunk_round_trips_every_field():
+    """What a worker sends back (one stacked array for dense vectors) unpacks to the
+    same items; anything else (sparse rows, key points, mixed shapes) goes as it is."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    from cvretrieval.pipeline import Item, pack_items, unpack_items
+
+    rng = np.random.default_rng(0)
+    dense = [Item(3, "a" * 40, 10, (4, 5), rng.random(6).astype(np.float32)),
+             Item(4, error="cannot read x"),
+             Item(5, "b" * 40, 11, (6, 7, 3), rng.random(6).astype(np.float32),
+                  keypoints={"k": 1}, words=np.arange(3))]
+    sparse = [Item(0, "c" * 40, 1, (2, 2), sp.csr_matrix(rng.random((1, 6)))), Item(1)]
+    mixed = [Item(0, value=np.zeros(3, np.float32)), Item(1, value=np.zeros(4, np.float32))]
+    for items in (dense, sparse, mixed, []):
+        packed = pickle.loads(pickle.dumps(pack_items(items)))
+        back = unpack_items(packed)
+        assert len(back) == len(items)
+        for a, b in zip(items, back, strict=True):
+            for name in ("position", "sha1", "n_bytes", "shape", "error", "keypoints"):
+                assert getattr(a, name) == getattr(b, name), name
+            for name in ("value", "words"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert (x is None) == (y is None), name
+                if sp.issparse(x):
+                    np.testing.assert_array_equal(x.toarray(), y.toarray())
+                elif x is not None:
+                    np.testing.assert_array_equal(x, y)
+                    assert x.dtype == y.dtype
+    assert pack_items(dense)[5].shape == (2, 6)  # the two vectors travel as one array
+    assert pack_items(mixed)[5] is None

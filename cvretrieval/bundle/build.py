@@ -26,6 +26,8 @@ SEGMENT_BYTES = 512 << 20
 #: vectors sampled from the segments to train an IVF/PQ index, and at most this many bytes
 TRAIN_SAMPLE = 200_000
 TRAIN_BYTES = 256 << 20
+#: rows buffered before one append to the open segment
+APPEND_BLOCK = 1024
 
 
 def entry_for(item: Any, path: str, id_: int, segment: int | None,
@@ -50,12 +52,15 @@ def write_segments(
     store: Callable[[Path], Any] | None = None,
     has_features: Callable[[Any], bool] | None = None,
     segment_size: int = SEGMENT_SIZE,
+    block: int = APPEND_BLOCK,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Stream pipeline ``items`` (in input order) into new segments and catalog rows.
 
     ``items[j]`` is the image ``paths[j]`` and gets catalog id ``first_id + j``.
     ``store(features_dir)`` opens a key-point store writer for each segment (spatial
-    verification). Returns the manifest records of the segments and the failures.
+    verification). Rows reach the segment ``block`` at a time: one append of 1,024 rows
+    instead of 1,024 appends of one, the main process's largest per-image cost on tiny
+    images. Returns the manifest records of the segments and the failures.
     """
     records: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
@@ -63,11 +68,21 @@ def write_segments(
     kp_writer: Any = None
     number = -1
     pending: list[CatalogEntry] = []
+    buf_ids: list[int] = []
+    buf_rows: list[Any] = []
+
+    def flush() -> None:
+        if buf_ids:
+            assert writer is not None
+            writer.append(np.asarray(buf_ids, np.int64), _stack_rows(buf_rows, writer))
+            buf_ids.clear()
+            buf_rows.clear()
 
     def close() -> None:
         nonlocal writer, kp_writer
         if writer is None:
             return
+        flush()
         writer.close()
         if kp_writer is not None:
             kp_writer.close()
@@ -95,27 +110,34 @@ def write_segments(
         if writer is None:
             number, writer = new_segment()
             kp_writer = store(writer.directory / "features") if store is not None else None
-        writer.append(np.array([cid], np.int64), _as_row(item.value, writer))
+        buf_ids.append(cid)
+        buf_rows.append(item.value)
         if kp_writer is not None:
             kp_writer.append(item.keypoints, words=item.words)
         item.value = item.keypoints = item.words = None
         pending.append(entry_for(item, path, cid, number))
+        if len(buf_ids) >= block:
+            flush()
         # dense rows stream to disk, so one segment holds them all (one shard, loaded as
         # it is); sparse rows and items are held until the segment closes: bounded
-        if writer.sparse and writer.n >= min(segment_size,
-                                             max(1, SEGMENT_BYTES // (4 * writer.dim))):
+        if writer.sparse and writer.n + len(buf_ids) >= min(
+                segment_size, max(1, SEGMENT_BYTES // (4 * writer.dim))):
             close()
     close()
     catalog.insert(pending)
     return records, failures
 
 
-def _as_row(value: Any, writer: SegmentWriter) -> Any:
+def _stack_rows(rows: list[Any], writer: SegmentWriter) -> Any:
+    """One block of rows as the writer takes them: a list of items, a CSR matrix or a
+    dense ``(n, dim)`` array."""
     if writer.items is not None:
-        return [value]
+        return list(rows)
     if writer.sparse:
-        return value
-    return np.asarray(value, np.float32).reshape(1, -1)
+        import scipy.sparse as sp
+
+        return sp.vstack(rows, format="csr")
+    return np.stack([np.asarray(r, np.float32).reshape(-1) for r in rows])
 
 
 def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) -> Any:
