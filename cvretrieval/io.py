@@ -195,7 +195,7 @@ def read_bytes_and_image(
         As in :func:`read_image`.
     """
     _check_max_side(max_side)
-    path = Path(path)
+    path = os.fspath(path)  # a str is all the read needs: no Path per image
     data = _read_file(path)
     image = _decode(data, _files.shown(path), max_side=max_side, grayscale=grayscale, bbox=None)
     return hashlib.sha1(data).hexdigest(), len(data), image
@@ -267,7 +267,7 @@ def _check_max_side(max_side: int | None) -> None:
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
 
 
-def _read_file(path: Path) -> bytes:
+def _read_file(path: str | Path) -> bytes:
     """The bytes of regular file ``path``, or an ImageReadError that names it and says why."""
     try:
         data = _files.read_regular_file(path, what="an image file")

@@ -575,3 +575,30 @@ def test_read_regular_file_returns_every_byte_and_closes_its_descriptor(tmp_path
         read_regular_file(tmp_path)  # a directory: refused before it is opened
     if before is not None:
         assert len(os.listdir(fd_dir)) == before
+
+
+def test_read_regular_file_reads_once_and_follows_a_file_that_grew(tmp_path, monkeypatch):
+    """A whole small file is one read (a short read is its end); a file larger than its
+    stat said (it grew) is still read to its end."""
+    import os
+
+    from cvretrieval import _files
+
+    p = tmp_path / "img"
+    data = bytes(range(256)) * 40
+    p.write_bytes(data)
+    calls = []
+    real_read = os.read
+    monkeypatch.setattr(_files.os, "read", lambda fd, n: calls.append(n) or real_read(fd, n))
+    assert _files.read_regular_file(p) == data
+    assert len(calls) == 1
+    real_fstat = os.fstat
+
+    class Smaller:  # the size stat reported before the file grew
+        def __init__(self, st):
+            self.st_mode, self.st_size = st.st_mode, 100
+
+    monkeypatch.setattr(_files.os, "fstat", lambda fd: Smaller(real_fstat(fd)))
+    calls.clear()
+    assert _files.read_regular_file(p) == data
+    assert calls[0] == 101 and len(calls) >= 2
