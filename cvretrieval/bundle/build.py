@@ -26,8 +26,10 @@ SEGMENT_BYTES = 512 << 20
 #: vectors sampled from the segments to train an IVF/PQ index, and at most this many bytes
 TRAIN_SAMPLE = 200_000
 TRAIN_BYTES = 256 << 20
-#: rows buffered before one append to the open segment
+#: rows buffered before one append to the open segment, and at most this many bytes of
+#: dense rows (8,100-d HOG: 258 rows)
 APPEND_BLOCK = 1024
+APPEND_BYTES = 8 << 20
 
 
 def entry_for(item: Any, path: str, id_: int, segment: int | None,
@@ -58,9 +60,10 @@ def write_segments(
 
     ``items[j]`` is the image ``paths[j]`` and gets catalog id ``first_id + j``.
     ``store(features_dir)`` opens a key-point store writer for each segment (spatial
-    verification). Rows reach the segment ``block`` at a time: one append of 1,024 rows
-    instead of 1,024 appends of one, the main process's largest per-image cost on tiny
-    images. Returns the manifest records of the segments and the failures.
+    verification). Rows reach the segment ``block`` at a time (at most ``APPEND_BYTES``
+    of them): one append of 1,024 rows instead of 1,024 appends of one, the main
+    process's largest per-image cost on tiny images. Returns the manifest records of the
+    segments and the failures.
     """
     records: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
@@ -116,7 +119,7 @@ def write_segments(
             kp_writer.append(item.keypoints, words=item.words)
         item.value = item.keypoints = item.words = None
         pending.append(entry_for(item, path, cid, number))
-        if len(buf_ids) >= block:
+        if len(buf_ids) >= min(block, max(1, APPEND_BYTES // (4 * writer.dim))):
             flush()
         # dense rows stream to disk, so one segment holds them all (one shard, loaded as
         # it is); sparse rows and items are held until the segment closes: bounded
