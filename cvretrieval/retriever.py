@@ -343,9 +343,14 @@ class Retriever(BundleWriting):
         bundle = Bundle(root, manifest)
         embedder = load_embedder(bundle.check_embedder_files())
         kind = manifest["index"].get("kind")
+        # the index's own settings (budget, nprobe, efSearch): a retrain at compact
+        # chooses under the budget the bundle was built with, not without any
+        config = manifest["index"].get("config") or {}
+        index_opts = {k: config[k] for k in ("max_memory", "nprobe", "ef_search")
+                      if config.get(k) is not None}
         ret = cls(embedder, index="sparse" if kind == "sparse" else manifest["index"]["spec"],
                   metric=manifest["metric"], max_side=manifest.get("max_side"), n_jobs=n_jobs,
-                  random_state=manifest.get("random_state", 0),
+                  random_state=manifest.get("random_state", 0), **index_opts,
                   **{k: opts[k] for k in _OPTIONS if k in opts})
         ret._open(root)
         return ret

@@ -301,6 +301,20 @@ def test_compact_retrain_refits_the_ivf_list_count(tmp_path):
     assert _results(ret, paths[:3], k=1) == [[str(p.resolve())] for p in paths[:3]]
 
 
+def test_load_keeps_the_index_budget_and_search_settings(tmp_path):
+    """A loaded bundle keeps its --max-memory, nprobe and efSearch: compact --retrain
+    used to choose without any budget (100k HOG vectors: HNSW32, 3 GiB, for a bundle
+    built under 2G)."""
+    paths = _write_images(tmp_path / "imgs", range(20), size=(48, 64))
+    Retriever("hog", index="auto", max_memory="64M", nprobe=7, ef_search=33,
+              n_jobs=1).build(paths, output=tmp_path / "b")
+    loaded = Retriever.load(tmp_path / "b")
+    assert (loaded.max_memory, loaded.nprobe, loaded.ef_search) == ("64M", 7, 33)
+    loaded.compact(retrain=True)
+    config = Retriever.load(tmp_path / "b").config()["index"]
+    assert (config["max_memory"], config["nprobe"], config["ef_search"]) == ("64M", 7, 33)
+
+
 def test_asmk_bundle_builds_grows_searches_and_verifies(tmp_path):
     """ASMK's per-image result is not a vector: segments keep its codes, its own inverted
     file scores them, and add/remove/compact/verification work as for vectors."""

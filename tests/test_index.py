@@ -461,3 +461,15 @@ def test_default_nprobe_values():
     assert default_nprobe(128) == 16
     assert default_nprobe(4000) == 64
     assert math.isclose(preset_nlist(5000), 128)
+
+
+def test_auto_caps_nlist_by_the_training_sample():
+    """``auto`` sized nlist from the planned count alone: a bundle of 8,100-d HOG vectors
+    trained 1,265 lists on 8,285 vectors (6.5 a list), and one list held 4,815 of 100k."""
+    from cvretrieval.index import Index, choose_index
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((11_700, 32)).astype(np.float32)
+    assert choose_index(1_000_000, 32, max_memory="50M")[0] == "IVF4000,SQ8"
+    index = Index("auto", max_memory="50M").train(xb, n_total=1_000_000)
+    assert index.factory_ == "IVF300,SQ8"  # 11,700 // 39 lists, each trained on 39

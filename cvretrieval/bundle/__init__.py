@@ -108,7 +108,7 @@ class Bundle:
 
     def rows(self, ids: NDArray[np.int64] | list[int]) -> Any:
         """Stored vectors (dense ``(len(ids), d)``, or CSR rows) of catalog ``ids``; rows
-        of ids without a vector are zero. Reads only those rows (memory-mapped)."""
+        of ids without a vector are zero. Reads only those rows."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         seg_of = self.segment_of(ids) if len(ids) else np.zeros(0, np.int64)
         if self.items is not None:
@@ -134,7 +134,7 @@ class Bundle:
             sel = np.flatnonzero(seg_of == s)
             pos = self.segments[s].positions(ids[sel])
             good = pos >= 0
-            dense[sel[good]] = self.segments[s].rows()[pos[good]]
+            dense[sel[good]] = self.segments[s].take(pos[good])
         return dense
 
     def feature_store(self) -> SegmentedStore:

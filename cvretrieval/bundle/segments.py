@@ -18,6 +18,7 @@ segments/000007/
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +200,39 @@ class Segment:
                 yield np.asarray(self.ids[start:stop]), chunk
 
     def take(self, positions: NDArray[np.int64]) -> Any:
-        """Rows at ``positions`` (a list for items)."""
+        """Rows at ``positions`` (a list for items). Dense rows are read with file reads
+        (one per run of consecutive positions), not through the memory map: a random
+        sample of one row in twelve of a 3.2-GB segment (100k x 8,100 floats) left
+        nearly all of it resident through the kernel's read-around."""
         rows = self.rows()
         if self.items is not None:
             return [rows[int(i)] for i in positions]
-        return rows[positions]
+        if self.sparse:
+            return rows[positions]
+        pos = np.asarray(positions, np.int64).reshape(-1)
+        out = np.empty((len(pos), self.dim), np.float32)
+        if not len(pos):
+            return out
+        if pos.min() < 0 or pos.max() >= self.n:
+            raise IndexError(f"row positions must be in [0, {self.n}), got {pos.min()} to "
+                             f"{pos.max()}")
+        order = np.argsort(pos, kind="stable")
+        srt = pos[order]
+        cuts = np.flatnonzero(np.diff(srt) != 1) + 1
+        starts, stops = np.r_[0, cuts], np.r_[cuts, len(srt)]
+        got = np.empty_like(out)
+        row_bytes = 4 * self.dim
+        fd = os.open(self.directory / VECTORS_FILE, os.O_RDONLY)
+        try:
+            for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+                view = memoryview(got[a:b]).cast("B")
+                done, where = 0, rows.offset + int(srt[a]) * row_bytes
+                while done < len(view):  # a read may return less than asked
+                    n = os.preadv(fd, [view[done:]], where + done)
+                    if n <= 0:
+                        raise self._fail(VECTORS_FILE, "is shorter than its header says")
+                    done += n
+        finally:
+            os.close(fd)
+        out[order] = got
+        return out

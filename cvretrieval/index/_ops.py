@@ -55,7 +55,7 @@ def make_trained(
     """
     d = xb.shape[1]
     if spec.strip().lower() == "auto":
-        factory, reason = choose_index(n, d, metric, max_memory)
+        factory, reason = choose_index(n, d, metric, max_memory, n_train=xb.shape[0])
     else:
         factory = resolve_factory(spec, n, d, n_train=xb.shape[0])
         kind = "preset" if spec.strip().lower() in PRESETS else "factory string"
