@@ -180,24 +180,14 @@ class Segment:
         """``(ids, rows)`` blocks of at most ``block`` rows (default: 32 MB of float32)."""
         block = block or max(1, (32 << 20) // (4 * max(self.dim, 1)))
         rows = self.rows()
-        if self.sparse or self.items is not None:
-            for start in range(0, self.n, block):
-                stop = min(start + block, self.n)
-                yield np.asarray(self.ids[start:stop]), rows[start:stop]
-            return
-        # Dense rows are read with plain file reads, not through the memory map: a
-        # scan of a 1M-row segment would otherwise leave every page it touched
-        # mapped into this process (1.3 GB of RSS at 1M x 324 floats) while the
-        # index it feeds is being built.
-        row_bytes = 4 * self.dim
-        with open(self.directory / VECTORS_FILE, "rb") as f:
-            f.seek(rows.offset)  # np.load's memmap knows where the header ends
-            for start in range(0, self.n, block):
-                stop = min(start + block, self.n)
-                chunk = np.empty((stop - start, self.dim), np.float32)
-                if f.readinto(memoryview(chunk).cast("B")) != (stop - start) * row_bytes:
-                    raise self._fail(VECTORS_FILE, "is shorter than its header says")
-                yield np.asarray(self.ids[start:stop]), chunk
+        # dense rows through take(): plain file reads, not the memory map, whose pages a
+        # scan of a 1M-row segment would leave mapped into this process (1.3 GB of RSS at
+        # 1M x 324 floats) while the index it feeds is being built
+        dense = not (self.sparse or self.items is not None)
+        for start in range(0, self.n, block):
+            stop = min(start + block, self.n)
+            yield (np.asarray(self.ids[start:stop]),
+                   self.take(np.arange(start, stop)) if dense else rows[start:stop])
 
     def take(self, positions: NDArray[np.int64]) -> Any:
         """Rows at ``positions`` (a list for items). Dense rows are read with file reads
@@ -216,11 +206,12 @@ class Segment:
         if pos.min() < 0 or pos.max() >= self.n:
             raise IndexError(f"row positions must be in [0, {self.n}), got {pos.min()} to "
                              f"{pos.max()}")
-        order = np.argsort(pos, kind="stable")
-        srt = pos[order]
+        ordered = bool(np.all(np.diff(pos) > 0))  # a block of a scan: read in place
+        order = None if ordered else np.argsort(pos, kind="stable")
+        srt = pos if order is None else pos[order]
         cuts = np.flatnonzero(np.diff(srt) != 1) + 1
         starts, stops = np.r_[0, cuts], np.r_[cuts, len(srt)]
-        got = np.empty_like(out)
+        got = out if order is None else np.empty_like(out)
         row_bytes = 4 * self.dim
         fd = os.open(self.directory / VECTORS_FILE, os.O_RDONLY)
         try:
@@ -234,5 +225,6 @@ class Segment:
                     done += n
         finally:
             os.close(fd)
-        out[order] = got
+        if order is not None:
+            out[order] = got
         return out

@@ -108,11 +108,12 @@ def format_size(n_bytes: float) -> str:
 # --------------------------------------------------------------------------- presets
 
 
-def preset_nlist(n: int) -> int:
+def preset_nlist(n: int, n_train: int | None = None) -> int:
     """Number of inverted lists the ``ivf`` preset uses for ``n`` vectors.
 
-    ``round(4 * sqrt(n))`` clamped to ``[1, max(1, n // 39)]`` and to at most
-    65536, so that every k-means centroid gets at least 39 training points.
+    ``round(4 * sqrt(n))`` clamped to ``[1, max(1, n_train // 39)]`` (``n_train``:
+    the training vectors at hand, default ``n``) and to at most 65536, so that every
+    k-means centroid gets at least 39 training points.
 
     Examples
     --------
@@ -121,8 +122,9 @@ def preset_nlist(n: int) -> int:
     """
     if n < 2:
         return 1
+    n_train = n if n_train is None else min(n, n_train)
     nlist = int(round(4.0 * math.sqrt(n)))
-    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID, MAX_NLIST))
+    return max(1, min(nlist, n_train // MIN_POINTS_PER_CENTROID, MAX_NLIST))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -216,7 +218,7 @@ def resolve_factory(spec: str, n: int, d: int, *, n_train: int | None = None) ->
     n = check_positive_int(n, "n (number of vectors)")
     d = check_positive_int(d, "d (dimension)")
     n_train = n if n_train is None else min(n, check_positive_int(n_train, "n_train"))
-    nlist = min(preset_nlist(n), max(1, n_train // MIN_POINTS_PER_CENTROID))
+    nlist = preset_nlist(n, n_train)
     key = spec.strip().lower()
     if key == "auto":
         return choose_index(n, d)[0]
@@ -388,10 +390,8 @@ def choose_index(
             else "flat does not fit the budget but the graph does"
         )
         return why(hnsw, size, because)
-    nlist = preset_nlist(n)
-    if n_train is not None:
-        nlist = min(nlist, max(1, check_positive_int(n_train, "n_train") //
-                               MIN_POINTS_PER_CENTROID))
+    nlist = preset_nlist(
+        n, None if n_train is None else check_positive_int(n_train, "n_train"))
     ivf = f"IVF{nlist},Flat"
     ok, size = fits(ivf)
     if ok:
