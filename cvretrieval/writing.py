@@ -274,15 +274,15 @@ class BundleWriting:
         }
 
     def _commit(self, w: BundleWriter, manifest: dict[str, Any], *, new_from: int | None = None,
-                removed: Sequence[str] | None = None) -> None:
+                was: Sequence[str] | None = None) -> None:
         """Write the manifest with its counts. Told what changed since the committed
         manifest (rows from id ``new_from`` on, or the previous statuses of the rows now
-        ``removed``), the counts are the committed ones updated: an add of n images
+        marked removed, ``was``), the counts are the committed ones updated: an add of n images
         reads n catalog rows, not the whole catalog. Otherwise (a build, a compact, a
         manifest without counts) the catalog is counted."""
         n_vectors = sum(s["n"] for s in manifest["segments"])
         prev = (w.manifest or {}).get("counts") or {}
-        update = (new_from is not None or removed is not None) and all(
+        update = (new_from is not None or was is not None) and all(
             isinstance(prev.get(s), int) for s in STATUSES) and (
             new_from is None or prev.get("images") == new_from)
         with bb.Catalog(w.root / manifest["catalog"], manifest["next_id"]) as cat:
@@ -293,7 +293,7 @@ class BundleWriting:
                 if new_from is not None:
                     for s, n in cat.counts(first=new_from).items():
                         counts[s] += n
-                for s in removed or ():
+                for s in was or ():
                     counts[s] -= 1
                     counts["removed"] += 1
         manifest["counts"] = {"images": manifest["next_id"], "vectors": n_vectors, **counts}
@@ -356,7 +356,7 @@ class BundleWriting:
                 live = [e.id for e in entries]
                 cat.mark_removed(live)
             not_found = [p for p in wanted if p not in found]
-            self._commit(w, manifest, removed=[e.status for e in entries])
+            self._commit(w, manifest, was=[e.status for e in entries])
         loaded = self._index
         self._open(root)
         if loaded is not None and live:  # keep the loaded index: take the removed out
