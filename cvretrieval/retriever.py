@@ -66,6 +66,9 @@ class Retriever(BundleWriting):
         Search-time parameters of IVF and HNSW indexes.
     max_memory : int or str, optional
         Memory budget of ``index="auto"`` (``"4G"``).
+    refine : int, optional
+        Candidates a search re-ranks by their exact stored vectors (see
+        :class:`~cvretrieval.index.Index`); default: 256 when ``auto`` chose PQ codes.
     random_state : int, default 0
         Seeds the samples the embedder, the whitening and the index are fitted on.
     pca_whiten, whiten_shrinkage
@@ -116,6 +119,7 @@ class Retriever(BundleWriting):
         nprobe: int | None = None,
         ef_search: int | None = None,
         max_memory: int | str | None = None,
+        refine: int | None = None,
         random_state: int = 0,
         pca_whiten: int | None = None,
         whiten_shrinkage: float = 0.5,
@@ -144,6 +148,7 @@ class Retriever(BundleWriting):
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.max_memory = max_memory
+        self.refine = refine
         self.random_state = random_state
         self.pca_whiten = pca_whiten
         self.whiten_on = whiten_on
@@ -319,7 +324,7 @@ class Retriever(BundleWriting):
             return self._index_class()(self.embedder.dim)
         return self._index_class()(self.index_spec, self.metric, nprobe=self.nprobe,
                                    ef_search=self.ef_search, random_state=self.random_state,
-                                   max_memory=self.max_memory)
+                                   max_memory=self.max_memory, refine=self.refine)
 
     def _index_class(self) -> Any:
         if self.items:
@@ -343,10 +348,10 @@ class Retriever(BundleWriting):
         bundle = Bundle(root, manifest)
         embedder = load_embedder(bundle.check_embedder_files())
         kind = manifest["index"].get("kind")
-        # the index's own settings (budget, nprobe, efSearch): a retrain at compact
+        # the index's own settings (budget, nprobe, efSearch, refine): a retrain at compact
         # chooses under the budget the bundle was built with, not without any
         config = manifest["index"].get("config") or {}
-        index_opts = {k: config[k] for k in ("max_memory", "nprobe", "ef_search")
+        index_opts = {k: config[k] for k in ("max_memory", "nprobe", "ef_search", "refine")
                       if config.get(k) is not None}
         ret = cls(embedder, index="sparse" if kind == "sparse" else manifest["index"]["spec"],
                   metric=manifest["metric"], max_side=manifest.get("max_side"), n_jobs=n_jobs,

@@ -103,13 +103,21 @@ def expand_queries(ret: Any, X: Any, E: NDArray[np.int64], S: NDArray[np.float32
     return normalize(sp.csr_matrix(X) + M @ xb).astype(np.float32).tocsr()
 
 
+def index_search(ret: Any, X: Any, k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """``ret.index.search``; a dense index (without DBA, whose indexed vectors are not the
+    stored ones) gets the stored vectors to re-rank its candidates exactly by."""
+    if ret.sparse or ret.items or ret.dba:
+        return ret.index.search(X, k)
+    return ret.index.search(X, k, vectors=ret.rows)
+
+
 def search_with_qe(ret: Any, X: Any, k: int, steps: Sequence[str]
                    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Index search, with query expansion when ``"qe"`` is in ``steps``."""
     if "qe" not in steps or ret.qe_k == 0 or X.shape[0] == 0:
-        return ret.index.search(X, k)
-    D1, I1 = ret.index.search(X, min(ret.qe_k, k) if k < ret.qe_k else ret.qe_k)
-    return ret.index.search(expand_queries(ret, X, I1, D1), k)
+        return index_search(ret, X, k)
+    D1, I1 = index_search(ret, X, min(ret.qe_k, k) if k < ret.qe_k else ret.qe_k)
+    return index_search(ret, expand_queries(ret, X, I1, D1), k)
 
 
 def query_features(ret: Any, query: Any, bbox: Any) -> tuple[Any, Any]:
@@ -185,7 +193,7 @@ def verify_and_expand(ret: Any, X: Any, k: int, steps: Sequence[str], queries: S
     the queries with their verified images when ``"qe"`` is asked for."""
     from .rerank.spatial import SpatialVerifier
 
-    D, I = ret.index.search(X, max(k, ret.sv_top))  # noqa: E741
+    D, I = index_search(ret, X, max(k, ret.sv_top))  # noqa: E741
     store = ret.feature_store()
     verifier = SpatialVerifier(top_n=ret.sv_top, min_inliers=ret.sv_min_inliers,
                                matcher=ret.sv_features.mode, order=ret.sv_order,
@@ -231,7 +239,7 @@ def _verified_expansion(ret: Any, X: Any, k: int, D: NDArray[np.float32],
     scores = [dict(zip(I[j].tolist(), D[j].tolist(), strict=True)) for j in rows]
     S = np.array([[scores[r].get(int(p), 0.0) for p in E[j]] for r, j in enumerate(rows)],
                  np.float32).reshape(len(rows), E.shape[1])
-    D2, I2 = ret.index.search(expand_queries(ret, X[rows], E[rows], S), k)
+    D2, I2 = index_search(ret, expand_queries(ret, X[rows], E[rows], S), k)
     for r, j in enumerate(rows.tolist()):
         head = [int(p) for p in verified[j]][:k]
         seen = set(head)

@@ -245,7 +245,7 @@ class SparseIndex:
         self._check_params()
         return self
 
-    def needs_retrain(self, n_total: int) -> bool:
+    def needs_retrain(self, n_total: int, n_train: int | None = None) -> bool:
         """Always False: an inverted file fits any number of rows."""
         return False
 

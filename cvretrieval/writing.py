@@ -393,7 +393,10 @@ class BundleWriting:
                                      "first_id": max(writer.first_id, 0),
                                      "last_id": writer.last_id}]
             template = self._load_template(root, manifest)
-            retrain = retrain or bool(getattr(template, "needs_retrain", lambda n: False)(writer.n))
+            if not retrain and hasattr(template, "needs_retrain"):
+                # against the nlist a retrain could train: capped by its sample
+                n_train = bb.train_rows(bb.TRAIN_SAMPLE, self._vector_dim())
+                retrain = bool(template.needs_retrain(writer.n, n_train))
             manifest["index"] = self._train_and_shard(root, manifest, w,
                                                       None if retrain else template)
             self._commit(w, manifest)

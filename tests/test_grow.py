@@ -505,3 +505,29 @@ def test_packed_chunk_round_trips_every_field():
                     assert x.dtype == y.dtype
     assert pack_items(dense)[5].shape == (2, 6)  # the two vectors travel as one array
     assert pack_items(mixed)[5] is None
+
+
+def test_refined_bundle_ranks_by_its_stored_vectors(photos, tmp_path):
+    """A bundle with PQ codes re-ranks its candidates by the exact vectors its segments
+    keep: with every image a candidate, its search is brute force over those vectors,
+    after an add, a remove and a reload (the setting is kept in the manifest)."""
+    import faiss
+
+    ret = Retriever("hog", index="PQ10x4np", refine=100, n_jobs=1).build(
+        photos[:20], output=tmp_path / "b")
+    ret.add(photos[20:36])
+    ret.remove([photos[7]])
+    again = Retriever.load(tmp_path / "b")
+    assert again.refine == 100
+    X, _, _ = again.embed_queries(photos[36:40])
+    D, I = again.search_vectors(X, 5)  # noqa: E741
+    ids = np.concatenate([s.ids for s in again.bundle_.segments])
+    V = np.asarray(again.bundle_.rows(ids))
+    live = ~np.isin(ids, again.bundle_.catalog.ids_with_status("removed"))
+    S, P = faiss.knn(X, V[live], 5, metric=faiss.METRIC_INNER_PRODUCT)
+    np.testing.assert_array_equal(I, ids[live][P])
+    np.testing.assert_allclose(D, S, rtol=1e-5, atol=1e-5)
+    plain = Retriever.load(tmp_path / "b")
+    plain.refine = 0
+    plain.index.refine = 0
+    assert not np.array_equal(plain.search_vectors(X, 5)[1], I)  # the codes alone differ

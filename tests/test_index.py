@@ -473,3 +473,87 @@ def test_auto_caps_nlist_by_the_training_sample():
     assert choose_index(1_000_000, 32, max_memory="50M")[0] == "IVF4000,SQ8"
     index = Index("auto", max_memory="50M").train(xb, n_total=1_000_000)
     assert index.factory_ == "IVF300,SQ8"  # 11,700 // 39 lists, each trained on 39
+
+
+# ----------------------------------------------------------------------------- refine
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_refine_scores_the_candidates_by_their_exact_vectors(metric):
+    """PQ codes rank approximately; with ``vectors=`` the top ``refine`` candidates are
+    scored again exactly. Every vector a candidate (all lists probed, refine >= n): the
+    result is the brute-force one, ids and scores."""
+    xb, xq = clustered_data(2000, 32, metric)
+    index = Index("IVF8,PQ4np", metric, nprobe=8, refine=2000).build(xb)
+    D0, I0 = index.search(xq, 10)
+    D_true, I_true = brute_knn(xq, xb, 10, metric)
+    assert recall_at_k(I0, I_true) < 0.9  # 4-byte codes alone are far from exact
+    asked: list[np.ndarray] = []
+
+    def vectors(ids):
+        asked.append(ids.copy())
+        return xb[ids]
+
+    D, I = index.search(xq, 10, vectors=vectors)  # noqa: E741
+    np.testing.assert_array_equal(I, I_true)
+    np.testing.assert_allclose(D, D_true, rtol=1e-4, atol=1e-4)
+    assert len(asked) == 1 and np.all(np.diff(asked[0]) > 0)  # each candidate read once
+
+
+def test_refine_reads_only_the_candidates_and_skips_removed_ids():
+    xb, xq = clustered_data(3000, 16, "ip")
+    index = Index("IVF16,PQ4np", "ip", nprobe=4, refine=50).build(xb)
+    index.remove_ids(np.arange(0, 3000, 2))
+    asked: list[np.ndarray] = []
+    D, I = index.search(xq[:3], 5, vectors=lambda ids: asked.append(ids) or xb[ids])  # noqa: E741
+    assert len(asked[0]) <= 3 * 50
+    assert (I % 2 == 1).all()
+    # the re-ranked list is sorted by the exact scores of the ids it returns
+    np.testing.assert_allclose(D, np.einsum("qd,qkd->qk", xq[:3], xb[I]), rtol=1e-5, atol=1e-5)
+    assert (np.diff(D, axis=1) <= 1e-6).all()
+
+
+def test_refine_defaults_to_auto_pq_and_survives_save(tmp_path):
+    from cvretrieval.index import AUTO_REFINE
+
+    xb, _ = clustered_data(20_000, 32, "ip")
+    auto = Index("auto", max_memory="300K").train(xb)
+    assert "PQ" in auto.factory_ and auto.refine is None and auto.refine_ == AUTO_REFINE
+    assert Index("auto").train(xb[:1000]).refine_ == 0  # Flat is exact already
+    assert Index("IVF16,PQ4np").train(xb).refine_ == 0  # a factory string: only if asked
+    off = Index("auto", max_memory="300K", refine=0).train(xb)
+    off.save(tmp_path / "off.bin")
+    auto.save(tmp_path / "auto.bin")
+    assert Index.load(tmp_path / "off.bin").refine_ == 0
+    assert Index.load(tmp_path / "auto.bin").refine_ == AUTO_REFINE
+    assert auto.empty_copy().refine_ == AUTO_REFINE
+    with pytest.raises(ValueError, match="refine must be"):
+        Index("flat", refine=-1)
+
+
+def test_auto_sends_high_dimensional_vectors_to_pq_codes_and_refine():
+    """100k HOG vectors of 8,100 dims under 2G: ``auto`` chose IVF212,SQ8, whose queries
+    scanned ~80 MB of codes (430 ms on one core). It now skips inverted files that scan
+    more than AUTO_MAX_SCAN_BYTES a query, and OPQ's 8,100 x 8,100 rotation."""
+    from cvretrieval.index import AUTO_MAX_SCAN_BYTES, choose_index, scan_bytes
+
+    assert scan_bytes("IVF212,SQ8", 100_000, 8100) > AUTO_MAX_SCAN_BYTES
+    factory, reason = choose_index(100_000, 8100, max_memory="2G", n_train=8285)
+    m = int(factory.split(",PQ")[1].removesuffix("np"))
+    assert factory.startswith("IVF212,PQ") and 8100 % m == 0 and m <= 8100 // 64
+    assert "scan" in reason and "re-ranked" in reason
+    assert scan_bytes(factory, 100_000, 8100) <= AUTO_MAX_SCAN_BYTES
+    # low-dimensional vectors keep the inverted files they had
+    assert choose_index(1_000_000, 128, max_memory="600M")[0] == "IVF4000,Flat"
+
+
+def test_an_index_at_its_sample_cap_is_not_ill_sized():
+    """``auto`` caps nlist by the training sample (8,100-d vectors: 8,285 rows, 212
+    lists at 100k); compact compared the index with the uncapped count (1,265 lists),
+    so it retrained every time, only to get the same 212 lists again."""
+    xb, _ = clustered_data(212 * 39, 16, "ip")
+    index = Index("ivf").train(xb, n_total=100_000)
+    assert index.nlist == 212
+    assert index.needs_retrain(100_000)  # measured against 4 sqrt(n) = 1265
+    assert not index.needs_retrain(100_000, n_train=len(xb))
+    assert index.needs_retrain(100_000, n_train=200_000)  # a larger sample allows more

@@ -143,12 +143,22 @@ def _stack_rows(rows: list[Any], writer: SegmentWriter) -> Any:
     return np.stack([np.asarray(r, np.float32).reshape(-1) for r in rows])
 
 
+def train_rows(n: int, dim: int) -> int:
+    """Rows :func:`train_sample` draws when asked for ``n`` vectors of dimension ``dim``:
+    at most :data:`TRAIN_BYTES` of float32 (8,285 of 8,100-d HOG vectors).
+
+    >>> train_rows(200_000, 8100), train_rows(200_000, 128)
+    (8285, 200000)
+    """
+    return max(1, min(n, TRAIN_BYTES // (4 * dim)))
+
+
 def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) -> Any:
     """Up to ``n`` rows drawn at random from the segments (for index training)."""
     total = sum(s.n for s in segments)
     if total == 0:
         return None
-    n = max(1, min(n, TRAIN_BYTES // (4 * segments[0].dim)))
+    n = train_rows(n, segments[0].dim)
     rng = np.random.default_rng(random_state)
     take = np.sort(rng.choice(total, size=min(n, total), replace=False))
     parts, start = [], 0

@@ -126,6 +126,9 @@ def embedder_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "inverted file) or any Faiss factory string."),
         click.option("--max-memory", default=None, metavar="SIZE",
                      help="Memory budget of --index auto, e.g. 4G or 500M."),
+        click.option("--refine", type=click.IntRange(0), default=None, metavar="N",
+                     help="Re-rank the top N candidates of a search by their exact stored "
+                          "vectors (default: 256 when --index auto chose PQ codes; 0 = off)."),
         click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True),
         click.option("--max-side", type=click.IntRange(16), default=640, show_default=True,
                      help="Downscale images so their long side is at most this."),

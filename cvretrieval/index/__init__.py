@@ -38,14 +38,20 @@ Preset rules (see :func:`resolve_factory`)
     ``"HNSW32"``; ``efSearch`` defaults to ``max(64, 2 * k)``.
 ``auto``
     :func:`choose_index` from ``n``, ``d`` and ``max_memory``: Flat, HNSW32,
-    IVF-Flat or (O)PQ-IVF, by thresholds measured in
-    ``benchmarks/index_sweep.py``.
+    IVF-Flat, IVF-SQ8 or (O)PQ-IVF, by thresholds measured in
+    ``benchmarks/index_sweep.py``; an inverted file whose query would scan more
+    than :data:`AUTO_MAX_SCAN_BYTES` of codes (high-dimensional vectors) is
+    passed over for PQ codes.
 
 Search-time parameters
 ----------------------
 ``nprobe`` (IVF-based indexes) defaults to :func:`default_nprobe` (presets) or
 :func:`auto_nprobe` (``auto``); ``ef_search`` (HNSW) to ``max(64, 2 * k)``.
 Both may be set in the constructor or later (also after :meth:`Index.load`).
+``refine`` re-ranks the top candidates by their exact vectors when
+:meth:`Index.search` is given them (``vectors=``, a function of the ids; a
+bundle reads them from its segments): 256 for PQ codes ``auto`` chose
+(:func:`auto_refine`), else 0 unless set.
 
 Distances
 ---------
@@ -56,9 +62,12 @@ Distances
 from __future__ import annotations
 
 from ._factory import (
+    AUTO_MAX_SCAN_BYTES,
+    AUTO_REFINE,
     PQ_IVF_THRESHOLD,
     PRESETS,
     auto_nprobe,
+    auto_refine,
     choose_index,
     default_nprobe,
     estimate_memory,
@@ -66,11 +75,14 @@ from ._factory import (
     parse_size,
     preset_nlist,
     resolve_factory,
+    scan_bytes,
 )
 from ._index import METRICS, Index
 from ._io import CONFIG_FILE, FORMAT_VERSION, INDEX_FILE
 
 __all__ = [
+    "AUTO_MAX_SCAN_BYTES",
+    "AUTO_REFINE",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "INDEX_FILE",
@@ -79,6 +91,7 @@ __all__ = [
     "PRESETS",
     "Index",
     "auto_nprobe",
+    "auto_refine",
     "choose_index",
     "default_nprobe",
     "estimate_memory",
@@ -86,4 +99,5 @@ __all__ = [
     "parse_size",
     "preset_nlist",
     "resolve_factory",
+    "scan_bytes",
 ]

@@ -16,6 +16,7 @@ from ._faiss import check_positive_int, make_faiss_index
 
 __all__ = [
     "PRESETS",
+    "auto_refine",
     "choose_index",
     "default_nprobe",
     "estimate_memory",
@@ -24,6 +25,7 @@ __all__ = [
     "parse_size",
     "preset_nlist",
     "resolve_factory",
+    "scan_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,23 @@ AUTO_NPROBE_SCALE = 1.5
 AUTO_MIN_NPROBE = 16
 #: Below this many sub-vector dimensions per PQ byte, OPQ's rotation is skipped.
 AUTO_OPQ_MIN_DSUB = 4
+#: Above this dimension OPQ's rotation is skipped: its d x d matrix (262 MB at 8,100-d)
+#: and the SVDs that train it cost more than the rotation gains once candidates are
+#: re-ranked exactly (:data:`AUTO_REFINE`).
+AUTO_OPQ_MAX_D = 1024
+#: Bytes of codes one query may scan in an inverted file (``n * nprobe / nlist`` codes)
+#: before ``auto`` prefers PQ codes re-ranked exactly: 100k 8,100-d HOG vectors in
+#: IVF212,SQ8 scanned ~84 MB a query (430 ms on one core; its lists are unbalanced),
+#: IVF212,PQ100 plus the exact re-rank took 5 ms at recall@10 0.97 (docs/notes/index.md);
+#: IVF4000,Flat over 1M 128-d vectors scans 12 MB.
+AUTO_MAX_SCAN_BYTES = 32 << 20
+#: PQ codes chosen by ``auto`` take at most ``max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)`` bytes
+#: (and at most d / 2): with the exact re-rank, longer codes only slow the scan.
+AUTO_PQ_MAX_M = 64
+AUTO_PQ_DSUB = 80
+#: Candidates an index with PQ codes chosen by ``auto`` re-ranks by their exact stored
+#: vectors when the caller can supply them (a bundle reads them from its segments).
+AUTO_REFINE = 256
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -308,6 +327,45 @@ def estimate_memory(factory: str, n: int, d: int, metric: str = "l2") -> int:
     return n * 4 * d + ids + extra
 
 
+def _ivf_code(factory: str) -> tuple[int, str] | None:
+    """``(nlist, code)`` of an ``[OPQ..,]IVF{nlist},{code}`` factory string, else None."""
+    m = re.match(r"(?:OPQ\d+(?:_\d+)?,)?IVF(\d+),(.+)$", factory)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def scan_bytes(factory: str, n: int, d: int) -> int:
+    """Bytes of codes one query scans in the inverted file of ``factory`` with ``auto``'s
+    ``nprobe`` (lists of equal size assumed); 0 for an index without inverted lists.
+
+    >>> scan_bytes("IVF212,SQ8", 100_000, 8100) // 2**20, scan_bytes("HNSW32", 10**6, 128)
+    (80, 0)
+    """
+    parsed = _ivf_code(factory)
+    if parsed is None:
+        return 0
+    nlist, code = parsed
+    pq = re.fullmatch(r"PQ(\d+)(?:x(\d+))?(?:fs|fsr)?(?:np)?", code)
+    if pq:
+        per = math.ceil(int(pq.group(1)) * int(pq.group(2) or 8) / 8)
+    else:
+        bits = {"SQ4": 4, "SQ6": 6, "SQ8": 8, "SQfp16": 16, "SQbf16": 16}.get(code, 32)
+        per = math.ceil(d * bits / 8)
+    probed = min(nlist, auto_nprobe(nlist))
+    return int(n * probed / nlist * per)
+
+
+def auto_refine(factory: str) -> int:
+    """Candidates re-ranked exactly by an index ``auto`` chose: :data:`AUTO_REFINE` for
+    product-quantised codes (their scores are approximate), 0 otherwise.
+
+    >>> auto_refine("IVF212,PQ100np"), auto_refine("IVF4000,SQ8"), auto_refine("HNSW32")
+    (256, 0, 0)
+    """
+    parsed = _ivf_code(factory)
+    code = parsed[1] if parsed else factory
+    return AUTO_REFINE if re.match(r"PQ\d", code) else 0
+
+
 def choose_index(
     n: int, d: int, metric: str = "ip", max_memory: Any = None, *, n_train: int | None = None
 ) -> tuple[str, str]:
@@ -321,9 +379,15 @@ def choose_index(
        vector) fits;
     3. ``IVF{nlist},Flat`` with ``nlist = preset_nlist(n)`` (~``4 sqrt n``);
     4. ``IVF{nlist},SQ8`` (one byte per dimension, near-exact);
-    5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector,
-       a divisor of ``d`` at most ``d // 2``) that fits; OPQ's rotation when
-       each sub-vector has at least 4 dimensions.
+    5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector, a
+       divisor of ``d`` at most ``max(64, d // 80)`` and ``d // 2``) that fits; OPQ's
+       rotation when each sub-vector has at least 4 dimensions and ``d <= 1024``.
+       Its top :data:`AUTO_REFINE` candidates are re-ranked by their exact
+       vectors where the caller supplies them (:func:`auto_refine`).
+
+    Steps 3 and 4 are skipped when a query would scan more than
+    :data:`AUTO_MAX_SCAN_BYTES` of codes (:func:`scan_bytes`): high-dimensional
+    vectors (8,100-d HOG) go to PQ codes and the exact re-rank.
 
     Parameters
     ----------
@@ -360,6 +424,8 @@ def choose_index(
     'OPQ32,IVF4000,PQ32np'
     >>> choose_index(1_000_000, 128, max_memory="60M", n_train=39_000)[0]
     'OPQ32,IVF1000,PQ32np'
+    >>> choose_index(100_000, 8100, max_memory="2G", n_train=8285)[0]
+    'IVF212,PQ100np'
     """
     n = check_positive_int(n, "n (number of vectors)")
     d = check_positive_int(d, "d (dimension)")
@@ -369,6 +435,15 @@ def choose_index(
     def fits(factory: str) -> tuple[bool, int]:
         size = estimate_memory(factory, n, d, metric)
         return budget is None or size <= budget, size
+
+    def cheap(factory: str) -> bool:
+        scanned = scan_bytes(factory, n, d)
+        if scanned > AUTO_MAX_SCAN_BYTES:
+            skipped.append(f"{factory} would scan ~{format_size(scanned)} a query")
+            return False
+        return True
+
+    skipped: list[str] = []
 
     def why(factory: str, size: int, because: str) -> tuple[str, str]:
         reason = (
@@ -394,23 +469,27 @@ def choose_index(
         n, None if n_train is None else check_positive_int(n_train, "n_train"))
     ivf = f"IVF{nlist},Flat"
     ok, size = fits(ivf)
-    if ok:
+    if ok and cheap(ivf):
         return why(ivf, size, "HNSW does not fit the budget; full vectors in inverted lists do")
     sq8 = f"IVF{nlist},SQ8"
     ok, size = fits(sq8)
-    if ok:
+    if ok and cheap(sq8):
         return why(sq8, size, "full vectors do not fit the budget; 8-bit scalar codes do")
     smallest = ""
     if n >= 256:
-        for m in sorted({pq_m(d, lim) for lim in range(1, max(1, d // 2) + 1)}, reverse=True):
-            opq = f"OPQ{m}," if d // m >= AUTO_OPQ_MIN_DSUB else ""
+        top = max(1, min(d // 2, max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)))
+        for m in sorted({pq_m(d, lim) for lim in range(1, top + 1)}, reverse=True):
+            opq = f"OPQ{m}," if d // m >= AUTO_OPQ_MIN_DSUB and d <= AUTO_OPQ_MAX_D else ""
             factory = f"{opq}IVF{nlist},PQ{m}np"
             ok, size = fits(factory)
             smallest = f"{factory} (~{format_size(size)})"
             if ok:
+                because = (f"{'; '.join(skipped)}: {m}-byte PQ codes" if skipped
+                           else f"only {m}-byte PQ codes fit the budget")
                 return why(
-                    factory, size, f"only {m}-byte PQ codes fit the budget" +
-                    (" (OPQ rotation: sub-vectors of >= 4 dims)" if opq else "")
+                    factory, size, because +
+                    (" (OPQ rotation: sub-vectors of >= 4 dims)" if opq else "") +
+                    f", top {auto_refine(factory)} re-ranked by exact vectors"
                 )
     else:
         m = pq_m(d)

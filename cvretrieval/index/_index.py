@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -15,6 +16,7 @@ from ..errors import CVRetrievalError, NotFittedError
 from . import _io
 from ._factory import (
     PRESETS,
+    auto_refine,
     parse_size,
 )
 from ._faiss import (
@@ -37,6 +39,7 @@ from ._ops import (
     merge_faiss,
     reconstruct_sorted,
     remove_faiss,
+    rescore,
     search_faiss,
     stored_ids,
 )
@@ -76,6 +79,11 @@ class Index:
     max_memory : int or str, optional
         Memory budget of the built index for ``auto`` (``"4G"``, ``"500M"``,
         bytes); see :func:`parse_size`.
+    refine : int or None, default None
+        Candidates :meth:`search` re-ranks by their exact vectors when the caller
+        supplies them (``vectors=``): the top ``max(k, refine)`` of the index's
+        approximate scores are scored again exactly. None: :func:`auto_refine`
+        (256 for PQ codes chosen by ``auto``, else 0); 0 turns it off.
 
     Attributes
     ----------
@@ -117,6 +125,7 @@ class Index:
         ef_search: int | None = None,
         random_state: int = 0,
         max_memory: int | str | None = None,
+        refine: int | None = None,
     ) -> None:
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError(
@@ -133,6 +142,28 @@ class Index:
         self.ef_search = ef_search
         self.random_state = random_state
         self.max_memory = max_memory
+        self.refine = refine
+
+    @property
+    def refine(self) -> int | None:
+        """Candidates re-ranked exactly at search (None: chosen with the factory)."""
+        return self._refine
+
+    @refine.setter
+    def refine(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, np.integer)) or value < 0):
+            raise ValueError(f"refine must be a non-negative integer or None, got {value!r}")
+        self._refine = None if value is None else int(value)
+
+    @property
+    def refine_(self) -> int:
+        """The candidates :meth:`search` re-ranks when given the exact vectors (0: none)."""
+        if self._refine is not None:
+            return self._refine
+        if self._fitted() and self.spec.strip().lower() == "auto":
+            return auto_refine(self.factory_)
+        return 0
 
     @property
     def nprobe(self) -> int | None:
@@ -229,6 +260,7 @@ class Index:
             "ef_search": self.ef_search,
             "random_state": int(self.random_state),
             "max_memory": self.max_memory,
+            "refine": self.refine,
         }
 
     def train(self, xb_sample: ArrayLike, n_total: int | None = None) -> Index:
@@ -273,16 +305,19 @@ class Index:
         self.template_ = tmpl
         self.checksum_ = None if tmpl is None else hashlib.sha1(tmpl.tobytes()).hexdigest()
 
-    def needs_retrain(self, n_total: int) -> bool:
+    def needs_retrain(self, n_total: int, n_train: int | None = None) -> bool:
         """Whether an index trained for ``n_planned_`` vectors is ill-sized for ``n_total``.
 
         True for an IVF index whose ``nlist`` is off by more than 4x from
         :func:`preset_nlist` of ``n_total`` (e.g. 12 lists for a million
-        vectors), and for a flat PQ index trained with fewer bits than
+        vectors) and ``n_train`` (the training vectors a retrain would have: its
+        ``nlist`` is capped by them, so an index already at that cap is not
+        ill-sized), and for a flat PQ index trained with fewer bits than
         ``n_total`` allows; False for flat, HNSW and LSH.
         """
         self._require_fitted("needs_retrain")
-        return ill_sized(self.index_, check_positive_int(n_total, "n_total"))
+        n_train = None if n_train is None else check_positive_int(n_train, "n_train")
+        return ill_sized(self.index_, check_positive_int(n_total, "n_total"), n_train)
 
     def build(self, xb: ArrayLike) -> Index:
         """Train on ``xb`` and add it with ids ``0..n-1`` (discarding any previous content)."""
@@ -362,8 +397,14 @@ class Index:
         logger.debug("removed %d vectors (ntotal %d)", removed, self.ntotal)
         return removed
 
-    def search(self, xq: ArrayLike, k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def search(
+        self, xq: ArrayLike, k: int, *, vectors: Callable[[NDArray[np.int64]], Any] | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """The ``k`` nearest searchable vectors of each query, best first.
+
+        ``vectors``, when given, maps increasing ids to their exact ``(len(ids), d)``
+        vectors (a bundle reads them from its segments): with :attr:`refine_` > 0 the top
+        ``max(k, refine_)`` candidates are then scored again exactly and re-sorted.
 
         Returns ``D`` (m, k') float32 scores (inner products, squared L2 or
         Hamming distances, see :attr:`higher_is_better`) and ``I`` (m, k') int64,
@@ -392,7 +433,13 @@ class Index:
             return D, I
         kk = min(k, live)
         auto = self.spec.strip().lower() == "auto"
-        Dk, Ik = search_faiss(self.index_, xq, kk, self.nprobe, self.ef_search, auto, self.removed_)
+        wide = min(max(kk, self.refine_), live) if vectors is not None else kk
+        Dk, Ik = search_faiss(
+            self.index_, xq, wide, self.nprobe, self.ef_search, auto, self.removed_
+        )
+        if vectors is not None and self.refine_ > 0:
+            Dk, Ik = rescore(xq, Ik, vectors, self.metric)
+        Dk, Ik = Dk[:, :kk], Ik[:, :kk]
         missing = Ik < 0
         if missing.any():
             Dk = Dk.copy()
@@ -405,7 +452,8 @@ class Index:
         """A trained, empty index with the same factory and parameters (a per-segment shard)."""
         self._require_fitted("empty_copy")
         params = {
-            k: getattr(self, k) for k in ("nprobe", "ef_search", "random_state", "max_memory")
+            k: getattr(self, k)
+            for k in ("nprobe", "ef_search", "random_state", "max_memory", "refine")
         }
         new = Index(self.spec, self.metric, **params)
         if self.template_ is not None:

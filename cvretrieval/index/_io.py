@@ -158,6 +158,7 @@ def _restore(
             ef_search=meta.get("ef_search"),
             random_state=meta.get("random_state", 0),
             max_memory=meta.get("max_memory"),
+            refine=meta.get("refine"),
         )
     except ValueError as exc:
         raise BundleError(f"{meta_path} has an invalid setting: {exc}") from None

@@ -159,11 +159,12 @@ def merge_faiss(dst: Any, src: Any, consume: bool) -> None:
         dst.merge_from(other, 0)
 
 
-def ill_sized(index: Any, n_total: int) -> bool:
-    """IVF ``nlist`` off by more than 4x from :func:`preset_nlist`, or too few PQ bits."""
+def ill_sized(index: Any, n_total: int, n_train: int | None = None) -> bool:
+    """IVF ``nlist`` off by more than 4x from :func:`preset_nlist` (for ``n_total`` vectors
+    and ``n_train`` training vectors), or too few PQ bits."""
     ivf = ivf_of(index)
     if ivf is not None:
-        ideal = preset_nlist(n_total)
+        ideal = preset_nlist(n_total, n_train)
         return bool(ivf.nlist * 4 < ideal or ivf.nlist > 4 * ideal)
     pq = getattr(unwrap(index), "pq", None)
     if pq is not None:
@@ -208,6 +209,38 @@ def search_faiss(
     D = np.take_along_axis(D, order, axis=1)
     I = np.where(np.take_along_axis(gone, order, axis=1), -1, np.take_along_axis(I, order, axis=1))  # noqa: E741
     return D, I
+
+
+def rescore(
+    xq: NDArray[np.float32],
+    I: NDArray[np.int64],  # noqa: E741, N803 - Faiss's name
+    vectors: Any,
+    metric: str,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Exact scores of the candidates ``I`` (``-1``: none) of each query ``xq``, re-sorted.
+
+    ``vectors(ids)`` gives the exact ``(len(ids), d)`` vectors of increasing ``ids``;
+    each candidate is read once however many queries share it. Scores are inner
+    products (``metric="ip"``, best first = highest) or squared L2 distances
+    (lowest first); missing candidates sort last with ``-inf`` / ``+inf``.
+    """
+    valid = I >= 0
+    uniq = np.unique(I[valid])
+    fill = -np.inf if metric == "ip" else np.inf
+    D = np.full(I.shape, fill, np.float32)
+    if len(uniq):
+        xb = np.asarray(vectors(uniq), np.float32)
+        for j in range(I.shape[0]):
+            sel = np.flatnonzero(valid[j])
+            rows = xb[np.searchsorted(uniq, I[j, sel])]
+            if metric == "ip":
+                D[j, sel] = rows @ xq[j]
+            else:
+                diff = rows - xq[j]
+                D[j, sel] = np.einsum("ij,ij->i", diff, diff)
+    order = np.argsort(-D if metric == "ip" else D, axis=1, kind="stable")
+    return (np.take_along_axis(D, order, axis=1),
+            np.take_along_axis(np.where(valid, I, -1), order, axis=1))
 
 
 def add_faiss(index: Any, xb: NDArray[Any], ids: NDArray[np.int64]) -> None:
