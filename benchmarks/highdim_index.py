@@ -6,6 +6,7 @@ re-scored by their exact vectors), on the vectors of a bundle ``scale.py`` built
 
     python benchmarks/scale.py --n 100000 --pipelines hog --no-raw-gray
     python benchmarks/highdim_index.py --bundle /tmp/cvret-scale/work/hog-100000.cvret
+    python benchmarks/highdim_index.py --also IVF212,PQ100np     # and 8-bit codes
 
 The base is the bundle's first segment; the queries are rows of its other segments (the
 1,000 images ``scale.py`` added and removed: other photos), or, without any, the last
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
                     default=Path("/tmp/cvret-scale/work/hog-100000.cvret"))
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--refine", type=int, nargs="+", default=[0, 100, 256])
+    ap.add_argument("--also", nargs="*", default=[], metavar="FACTORY",
+                    help="More factory strings to measure, e.g. IVF212,PQ100np.")
     ap.add_argument("--random-state", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT / "highdim_index.json")
     args = ap.parse_args(argv)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = "2G"
     chosen = choose_index(n, d, "ip", budget, n_train=len(sample))[0]
     nlist = int(chosen.split(",")[0].removeprefix("IVF")) if chosen.startswith("IVF") else 256
-    factories = [f"IVF{nlist},SQ8", chosen] if chosen != f"IVF{nlist},SQ8" else [chosen]
+    factories = list(dict.fromkeys([f"IVF{nlist},SQ8", chosen, *args.also]))
     print(f"{n} base vectors of {d} dims, {len(xq)} queries, {len(sample)} training vectors; "
           f"auto under {budget}: {chosen}")
     rows = []

@@ -539,7 +539,7 @@ def test_auto_sends_high_dimensional_vectors_to_pq_codes_and_refine():
 
     assert scan_bytes("IVF212,SQ8", 100_000, 8100) > AUTO_MAX_SCAN_BYTES
     factory, reason = choose_index(100_000, 8100, max_memory="2G", n_train=8285)
-    m = int(factory.split(",PQ")[1].removesuffix("np"))
+    m = int(factory.split(",PQ")[1].removesuffix("np").split("x")[0])
     assert factory.startswith("IVF212,PQ") and 8100 % m == 0 and m <= 8100 // 64
     assert "scan" in reason and "re-ranked" in reason
     assert scan_bytes(factory, 100_000, 8100) <= AUTO_MAX_SCAN_BYTES

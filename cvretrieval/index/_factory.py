@@ -60,13 +60,18 @@ AUTO_OPQ_MAX_D = 1024
 #: Bytes of codes one query may scan in an inverted file (``n * nprobe / nlist`` codes)
 #: before ``auto`` prefers PQ codes re-ranked exactly: 100k 8,100-d HOG vectors in
 #: IVF212,SQ8 scanned ~84 MB a query (430 ms on one core; its lists are unbalanced),
-#: IVF212,PQ100 plus the exact re-rank 5.7 ms at recall@10 0.977 (benchmarks/highdim_index.py);
+#: IVF212,PQ100x6 plus the exact re-rank 11.9 ms at recall@10 0.957 (highdim_index.py);
 #: IVF4000,Flat over 1M 128-d vectors scans 12 MB.
 AUTO_MAX_SCAN_BYTES = 32 << 20
 #: PQ codes chosen by ``auto`` take at most ``max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)`` bytes
 #: (and at most d / 2): with the exact re-rank, longer codes only slow the scan.
 AUTO_PQ_MAX_M = 64
 AUTO_PQ_DSUB = 80
+#: Above :data:`AUTO_OPQ_MAX_D` dimensions PQ codes take 6 bits a sub-vector, not 8:
+#: encoding costs ``n * d * 2**nbits``, which dominates the build there (100k 8,100-d HOG:
+#: train + encode 12 s instead of 25 s, recall@10 0.957 instead of 0.977 after the
+#: re-rank, 11.9 ms instead of 5.7 ms a query; benchmarks/highdim_index.py).
+AUTO_PQ_HIGH_D_NBITS = 6
 #: Candidates an index with PQ codes chosen by ``auto`` re-ranks by their exact stored
 #: vectors when the caller can supply them (a bundle reads them from its segments).
 AUTO_REFINE = 256
@@ -379,9 +384,10 @@ def choose_index(
        vector) fits;
     3. ``IVF{nlist},Flat`` with ``nlist = preset_nlist(n)`` (~``4 sqrt n``);
     4. ``IVF{nlist},SQ8`` (one byte per dimension, near-exact);
-    5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per vector, a
-       divisor of ``d`` at most ``max(64, d // 80)`` and ``d // 2``) that fits; OPQ's
-       rotation when each sub-vector has at least 4 dimensions and ``d <= 1024``.
+    5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (sub-vectors, a divisor
+       of ``d`` at most ``max(64, d // 80)`` and ``d // 2``) that fits; OPQ's
+       rotation when each sub-vector has at least 4 dimensions and ``d <= 1024``;
+       above 1,024 dimensions 6-bit codes (``PQ{m}x6``), cheaper to encode.
        Its top :data:`AUTO_REFINE` candidates are re-ranked by their exact
        vectors where the caller supplies them (:func:`auto_refine`).
 
@@ -425,7 +431,7 @@ def choose_index(
     >>> choose_index(1_000_000, 128, max_memory="60M", n_train=39_000)[0]
     'OPQ32,IVF1000,PQ32np'
     >>> choose_index(100_000, 8100, max_memory="2G", n_train=8285)[0]
-    'IVF212,PQ100np'
+    'IVF212,PQ100x6np'
     """
     n = check_positive_int(n, "n (number of vectors)")
     d = check_positive_int(d, "d (dimension)")
@@ -480,12 +486,14 @@ def choose_index(
         top = max(1, min(d // 2, max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)))
         for m in sorted({pq_m(d, lim) for lim in range(1, top + 1)}, reverse=True):
             opq = f"OPQ{m}," if d // m >= AUTO_OPQ_MIN_DSUB and d <= AUTO_OPQ_MAX_D else ""
-            factory = f"{opq}IVF{nlist},PQ{m}np"
+            bits = f"x{AUTO_PQ_HIGH_D_NBITS}" if d > AUTO_OPQ_MAX_D else ""
+            factory = f"{opq}IVF{nlist},PQ{m}{bits}np"
             ok, size = fits(factory)
             smallest = f"{factory} (~{format_size(size)})"
             if ok:
-                because = (f"{'; '.join(skipped)}: {m}-byte PQ codes" if skipped
-                           else f"only {m}-byte PQ codes fit the budget")
+                size_of = f"{m}x{AUTO_PQ_HIGH_D_NBITS}-bit" if bits else f"{m}-byte"
+                because = (f"{'; '.join(skipped)}: {size_of} PQ codes" if skipped
+                           else f"only {size_of} PQ codes fit the budget")
                 return why(
                     factory, size, because +
                     (" (OPQ rotation: sub-vectors of >= 4 dims)" if opq else "") +
