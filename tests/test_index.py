@@ -557,3 +557,10 @@ def test_an_index_at_its_sample_cap_is_not_ill_sized():
     assert index.needs_retrain(100_000)  # measured against 4 sqrt(n) = 1265
     assert not index.needs_retrain(100_000, n_train=len(xb))
     assert index.needs_retrain(100_000, n_train=200_000)  # a larger sample allows more
+
+
+def test_refine_is_refused_for_lsh_whose_scores_are_hamming_distances():
+    xb, _ = clustered_data(500, 16, "ip")
+    with pytest.raises(ValueError, match="Hamming"):
+        Index("lsh", refine=10).train(xb)
+    assert Index("lsh").train(xb).refine_ == 0

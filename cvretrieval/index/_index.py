@@ -287,6 +287,11 @@ class Index:
         index, factory, reason, template = make_trained(
             self.spec, self.metric, xb, n, self.random_state, self.max_memory
         )
+        if self._refine and is_lsh(index):
+            raise ValueError(
+                f"refine re-scores candidates by {self.metric}, but {factory} ranks by Hamming "
+                "distance: use refine=0 (or None) with LSH, or another index"
+            )
         self._install(index, factory, reason, d, n, template)
         logger.info("trained %s index %s (metric %s): %s", self.spec, factory, self.metric, reason)
         return self
