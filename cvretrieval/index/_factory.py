@@ -1,4 +1,4 @@
-"""Factory strings: the presets, ``auto`` (chosen by size and memory budget), size parsing.
+"""Factory strings: the presets and ``auto`` (chosen by size, memory budget and scan cost).
 
 Pure functions of ``(n, d, metric, max_memory)``: nothing here builds an index,
 so ``auto``'s choice and its memory estimate are known before any work is done.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from numbers import Integral
 from typing import Any
 
 from ._faiss import check_positive_int, make_faiss_index
+from ._sizes import format_size, parse_size
 
 __all__ = [
     "PRESETS",
@@ -75,59 +75,6 @@ AUTO_PQ_HIGH_D_NBITS = 6
 #: Candidates an index with PQ codes chosen by ``auto`` re-ranks by their exact stored
 #: vectors when the caller can supply them (a bundle reads them from its segments).
 AUTO_REFINE = 256
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-# --------------------------------------------------------------------------- sizes
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a memory size: ``"4G"``, ``"500M"``, ``"1.5GB"``, ``"2GiB"``, ``"100k"``, an int.
-
-    Units are binary (``K`` = 1024, ``M`` = 1024**2, ``G`` = 1024**3, ``T`` =
-    1024**4) with or without a trailing ``B``/``iB``; a bare number is bytes.
-
-    Raises
-    ------
-    ValueError
-        One line naming the value, for anything else (negative, empty, unknown unit).
-
-    Examples
-    --------
-    >>> parse_size("4G"), parse_size("500M"), parse_size("1.5GB"), parse_size(2048)
-    (4294967296, 524288000, 1610612736, 2048)
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid memory size {value!r}: use a number of bytes or e.g. 4G, 500M")
-    if isinstance(value, Integral):
-        if value <= 0:
-            raise ValueError(f"memory size must be positive, got {value}")
-        return int(value)
-    if isinstance(value, float) and math.isfinite(value) and value > 0:
-        return int(value)
-    text = str(value).strip().lower().replace(" ", "")
-    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([kmgt]?)(i?b)?", text)
-    if not m or (m.group(3) == "ib" and not m.group(2)):
-        raise ValueError(
-            f"invalid memory size {value!r}: use a number of bytes or a number with a unit "
-            "K, M, G or T (binary), e.g. 4G, 500M, 1.5GB"
-        )
-    size = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if size <= 0:
-        raise ValueError(f"memory size must be positive, got {value!r}")
-    return size
-
-
-def format_size(n_bytes: float) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (for log messages)."""
-    size = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
 
 # --------------------------------------------------------------------------- presets
 

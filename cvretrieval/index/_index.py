@@ -16,7 +16,6 @@ from ..errors import CVRetrievalError, NotFittedError
 from . import _io
 from ._factory import (
     PRESETS,
-    auto_refine,
     parse_size,
 )
 from ._faiss import (
@@ -43,6 +42,7 @@ from ._ops import (
     search_faiss,
     stored_ids,
 )
+from ._settings import SearchSettings
 
 __all__ = ["METRICS", "Index"]
 
@@ -54,7 +54,7 @@ METRICS: tuple[str, ...] = ("ip", "l2")
 MAX_PADDED_K = 1024
 
 
-class Index:
+class Index(SearchSettings):
     """A Faiss index chosen by a preset, ``auto`` or a factory string; ids given by the caller.
 
     Parameters
@@ -143,45 +143,6 @@ class Index:
         self.random_state = random_state
         self.max_memory = max_memory
         self.refine = refine
-
-    @property
-    def refine(self) -> int | None:
-        """Candidates re-ranked exactly at search (None: chosen with the factory)."""
-        return self._refine
-
-    @refine.setter
-    def refine(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(
-                value, (int, np.integer)) or value < 0):
-            raise ValueError(f"refine must be a non-negative integer or None, got {value!r}")
-        self._refine = None if value is None else int(value)
-
-    @property
-    def refine_(self) -> int:
-        """The candidates :meth:`search` re-ranks when given the exact vectors (0: none)."""
-        if self._refine is not None:
-            return self._refine
-        if self._fitted() and self.spec.strip().lower() == "auto":
-            return auto_refine(self.factory_)
-        return 0
-
-    @property
-    def nprobe(self) -> int | None:
-        """Inverted lists visited per query (IVF indexes); None means the default."""
-        return self._nprobe
-
-    @nprobe.setter
-    def nprobe(self, value: int | None) -> None:
-        self._nprobe = None if value is None else check_positive_int(value, "nprobe")
-
-    @property
-    def ef_search(self) -> int | None:
-        """HNSW ``efSearch``; None means ``max(64, 2 * k)``."""
-        return self._ef_search
-
-    @ef_search.setter
-    def ef_search(self, value: int | None) -> None:
-        self._ef_search = None if value is None else check_positive_int(value, "ef_search")
 
     def _fitted(self) -> bool:
         return getattr(self, "index_", None) is not None
@@ -287,11 +248,7 @@ class Index:
         index, factory, reason, template = make_trained(
             self.spec, self.metric, xb, n, self.random_state, self.max_memory
         )
-        if self._refine and is_lsh(index):
-            raise ValueError(
-                f"refine re-scores candidates by {self.metric}, but {factory} ranks by Hamming "
-                "distance: use refine=0 (or None) with LSH, or another index"
-            )
+        self._check_refine(is_lsh(index), factory)
         self._install(index, factory, reason, d, n, template)
         logger.info("trained %s index %s (metric %s): %s", self.spec, factory, self.metric, reason)
         return self
