@@ -531,3 +531,21 @@ def test_refined_bundle_ranks_by_its_stored_vectors(photos, tmp_path):
     plain.refine = 0
     plain.index.refine = 0
     assert not np.array_equal(plain.search_vectors(X, 5)[1], I)  # the codes alone differ
+
+
+def test_cli_refine_at_build_and_search(photos, tmp_path):
+    """`cvret index --refine N` keeps N in the bundle; `cvret search --refine 0` uses the
+    codes' approximate scores. An indexed photo as its own query: the exact inner product
+    of its unit-norm HOG vector with itself is 1; 4-bit codes only approximate it."""
+    b = tmp_path / "b.cvret"
+    cli_run("index", photos[0].parent, "-o", b, "--features", "hog", "--index", "PQ10x4np",
+            "--refine", "50", "--n-jobs", "1", "-q")
+    assert json.loads((b / "manifest.json").read_text())["index"]["config"]["refine"] == 50
+    exact = json.loads(cli_run("search", b, photos[4], "-k", "3", "--json", "-").stdout)
+    codes = json.loads(cli_run("search", b, photos[4], "-k", "3", "--refine", "0",
+                               "--json", "-").stdout)
+    assert Path(exact[0]["path"]).name == photos[4].name
+    assert exact[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(codes[0]["score"] - 1.0) > 1e-3
+    r = cli_run("search", b, photos[4], "--refine", "-1", ok=False)
+    assert r.exit_code == 2

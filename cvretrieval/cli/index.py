@@ -145,14 +145,19 @@ def compact_cmd(bundle: Path, retrain: bool, out: Output) -> None:
               help="Search only this region of the query.")
 @click.option("--rerank", default=None, metavar="STEPS",
               help="sv, qe, sv,qe or none (default: what the bundle was built with).")
+@click.option("--refine", type=click.IntRange(0), default=None, metavar="N",
+              help="Re-rank the index's top N candidates by their exact stored vectors "
+                   "(default: what the bundle was built with; 0 = the index's scores).")
 @common_options
 def search_cmd(bundle: Path, query: Path, k: int, bbox: str | None, rerank: str | None,
-               out: Output) -> None:
+               refine: int | None, out: Output) -> None:
     """Search BUNDLE with the image QUERY; print ranked paths and scores."""
     from ..retriever import Retriever
 
     box = _parse_bbox(bbox)
     ret = Retriever.load(bundle, n_jobs=1)
+    if refine is not None and not (ret.sparse or ret.items):
+        ret.index.refine = refine
     hits = ret.search(query, k=k, bbox=box, rerank=rerank)
     for h in hits:
         out.text(f"{h.rank:>4}  {h.score:8.4f}  {h.path}")
