@@ -564,3 +564,25 @@ def test_refine_is_refused_for_lsh_whose_scores_are_hamming_distances():
     with pytest.raises(ValueError, match="Hamming"):
         Index("lsh", refine=10).train(xb)
     assert Index("lsh").train(xb).refine_ == 0
+
+
+def test_refine_reads_the_candidates_of_many_queries_in_bounded_blocks():
+    """All queries' candidates were read in one call: 10,000 queries x 256 candidates of
+    8,100-d vectors would have read 83 GB at once. Blocks of queries bound it."""
+    from cvretrieval.index._ops import rescore
+
+    rng = np.random.default_rng(0)
+    xb = normalise(rng.standard_normal((500, 64)).astype(np.float32))
+    xq = normalise(rng.standard_normal((300, 64)).astype(np.float32))
+    cand = np.stack([rng.choice(500, 40, replace=False) for _ in range(300)])
+    cand[::7, -5:] = -1
+    sizes: list[int] = []
+    budget = 40 * 64 * 4 * 10  # ten queries' candidates
+    D, I = rescore(xq, cand, lambda ids: sizes.append(len(ids)) or xb[ids], "ip",  # noqa: E741
+                   max_bytes=budget)
+    assert len(sizes) == 30 and max(sizes) <= 400
+    whole = rescore(xq, cand, lambda ids: xb[ids], "ip", max_bytes=1 << 40)
+    np.testing.assert_array_equal(I, whole[1])
+    np.testing.assert_allclose(D, whole[0])
+    S = np.where(cand >= 0, np.einsum("qd,qkd->qk", xq, xb[np.maximum(cand, 0)]), -np.inf)
+    np.testing.assert_allclose(np.sort(S, axis=1)[:, ::-1], D, rtol=1e-5, atol=1e-6)
