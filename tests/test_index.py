@@ -545,6 +545,11 @@ def test_auto_sends_high_dimensional_vectors_to_pq_codes_and_refine():
     assert scan_bytes(factory, 100_000, 8100) <= AUTO_MAX_SCAN_BYTES
     # low-dimensional vectors keep the inverted files they had
     assert choose_index(1_000_000, 128, max_memory="600M")[0] == "IVF4000,Flat"
+    # 1M BoVW-1000 vectors: PQ codes without OPQ, whose rotation took 487 s to train
+    # on 67k vectors of 1,000 dims (OPQ50,IVF1720,PQ50np was chosen)
+    factory = choose_index(1_000_000, 1000, max_memory="2G", n_train=67_108)[0]
+    assert factory.startswith("IVF1720,PQ") and "OPQ" not in factory
+    assert choose_index(1_000_000, 128, max_memory="60M")[0].startswith("OPQ32,")
 
 
 def test_an_index_at_its_sample_cap_is_not_ill_sized():

@@ -53,10 +53,11 @@ AUTO_NPROBE_SCALE = 1.5
 AUTO_MIN_NPROBE = 16
 #: Below this many sub-vector dimensions per PQ byte, OPQ's rotation is skipped.
 AUTO_OPQ_MIN_DSUB = 4
-#: Above this dimension OPQ's rotation is skipped: its d x d matrix (262 MB at 8,100-d)
-#: and the SVDs that train it cost more than the rotation gains once candidates are
-#: re-ranked exactly (:data:`AUTO_REFINE`).
-AUTO_OPQ_MAX_D = 1024
+#: Above this dimension OPQ's rotation is skipped: training it costs about d^2 per
+#: iteration (OPQ50 on 67k 1,000-d vectors: 487 s, against 22 s without; at 128-d it
+#: was 65 s more for 1M vectors), and the exact re-rank (:data:`AUTO_REFINE`) recovers
+#: what the rotation would have gained.
+AUTO_OPQ_MAX_D = 256
 #: Bytes of codes one query may scan in an inverted file (``n * nprobe / nlist`` codes)
 #: before ``auto`` prefers PQ codes re-ranked exactly: 100k 8,100-d HOG vectors in
 #: IVF212,SQ8 scanned ~84 MB a query (430 ms on one core; its lists are unbalanced),
@@ -67,11 +68,12 @@ AUTO_MAX_SCAN_BYTES = 32 << 20
 #: (and at most d / 2): with the exact re-rank, longer codes only slow the scan.
 AUTO_PQ_MAX_M = 64
 AUTO_PQ_DSUB = 80
-#: Above :data:`AUTO_OPQ_MAX_D` dimensions PQ codes take 6 bits a sub-vector, not 8:
+#: Above :data:`AUTO_PQ_HIGH_D` dimensions PQ codes take 6 bits a sub-vector, not 8:
 #: encoding costs ``n * d * 2**nbits``, which dominates the build there (100k 8,100-d HOG:
 #: train + encode 12 s instead of 25 s, recall@10 0.957 instead of 0.977 after the
 #: re-rank, 11.9 ms instead of 5.7 ms a query; benchmarks/highdim_index.py).
 AUTO_PQ_HIGH_D_NBITS = 6
+AUTO_PQ_HIGH_D = 1024
 #: Candidates an index with PQ codes chosen by ``auto`` re-ranks by their exact stored
 #: vectors when the caller can supply them (a bundle reads them from its segments).
 AUTO_REFINE = 256
@@ -333,7 +335,7 @@ def choose_index(
     4. ``IVF{nlist},SQ8`` (one byte per dimension, near-exact);
     5. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (sub-vectors, a divisor
        of ``d`` at most ``max(64, d // 80)`` and ``d // 2``) that fits; OPQ's
-       rotation when each sub-vector has at least 4 dimensions and ``d <= 1024``;
+       rotation when each sub-vector has at least 4 dimensions and ``d <= 256``;
        above 1,024 dimensions 6-bit codes (``PQ{m}x6``), cheaper to encode.
        Its top :data:`AUTO_REFINE` candidates are re-ranked by their exact
        vectors where the caller supplies them (:func:`auto_refine`).
@@ -433,7 +435,7 @@ def choose_index(
         top = max(1, min(d // 2, max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)))
         for m in sorted({pq_m(d, lim) for lim in range(1, top + 1)}, reverse=True):
             opq = f"OPQ{m}," if d // m >= AUTO_OPQ_MIN_DSUB and d <= AUTO_OPQ_MAX_D else ""
-            bits = f"x{AUTO_PQ_HIGH_D_NBITS}" if d > AUTO_OPQ_MAX_D else ""
+            bits = f"x{AUTO_PQ_HIGH_D_NBITS}" if d > AUTO_PQ_HIGH_D else ""
             factory = f"{opq}IVF{nlist},PQ{m}{bits}np"
             ok, size = fits(factory)
             smallest = f"{factory} (~{format_size(size)})"
