@@ -233,6 +233,25 @@ def needs_training(spec: str, n: int, d: int, max_memory: Any = None) -> bool:
 # --------------------------------------------------------------------------- auto
 
 
+_PQ_CODE = re.compile(r"PQ(\d+)(?:x(\d+))?(?:fs|fsr)?(np)?")
+_SQ_BITS = {"SQ4": 4, "SQ6": 6, "SQ8": 8, "SQfp16": 16, "SQbf16": 16}
+
+
+def code_bytes(code: str, d: int) -> int:
+    """Bytes one vector of dimension ``d`` takes in the encoding ``code`` of a factory
+    string (``PQ{m}[x{nbits}]``, ``SQ4``...``SQbf16``; anything else: float32).
+
+    >>> code_bytes("PQ100x6np", 8100), code_bytes("SQ8", 8100), code_bytes("Flat", 128)
+    (75, 8100, 512)
+    """
+    pq = _PQ_CODE.fullmatch(code)
+    if pq:
+        return math.ceil(int(pq.group(1)) * int(pq.group(2) or 8) / 8)
+    if code in _SQ_BITS:
+        return math.ceil(d * _SQ_BITS[code] / 8)
+    return 4 * d
+
+
 def estimate_memory(factory: str, n: int, d: int, metric: str = "l2") -> int:
     """Bytes an index built from ``factory`` takes for ``n`` vectors of dimension ``d``.
 
@@ -262,18 +281,15 @@ def estimate_memory(factory: str, n: int, d: int, metric: str = "l2") -> int:
         nlist = int(ivf.group(1))
         extra += 4 * nlist * d + 48 * nlist  # centroids, two vectors per list
         rest = rest[ivf.end() :]
-    pq = re.fullmatch(r"PQ(\d+)(?:x(\d+))?(?:fs|fsr)?(np)?", rest)
+    pq = _PQ_CODE.fullmatch(rest)
     if pq:
         m, nbits = int(pq.group(1)), int(pq.group(2) or 8)
-        code = math.ceil(m * nbits / 8)
         extra += 4 * d * (1 << nbits)  # m sub-quantizers of 2**nbits centroids of d/m dims
         if ivf and metric == "l2":  # by-residual precomputed table, nlist x m x 2**nbits floats
             extra += 4 * int(ivf.group(1)) * m * (1 << nbits)
-        return n * code + ids + extra
-    sq = re.fullmatch(r"SQ(4|6|8|fp16|bf16)", rest)
-    if sq:
-        bits = {"4": 4, "6": 6, "8": 8}.get(sq.group(1), 16)
-        return n * (math.ceil(d * bits / 8) + 8) + extra + 8 * d  # codes, ids, vmin/vdiff
+        return n * code_bytes(rest, d) + ids + extra
+    if rest in _SQ_BITS:  # codes, ids, vmin/vdiff
+        return n * (code_bytes(rest, d) + 8) + extra + 8 * d
     lsh = re.fullmatch(r"LSH(\d+)?r?t?", rest)
     if lsh:
         nbits = int(lsh.group(1) or d)
@@ -298,14 +314,8 @@ def scan_bytes(factory: str, n: int, d: int) -> int:
     if parsed is None:
         return 0
     nlist, code = parsed
-    pq = re.fullmatch(r"PQ(\d+)(?:x(\d+))?(?:fs|fsr)?(?:np)?", code)
-    if pq:
-        per = math.ceil(int(pq.group(1)) * int(pq.group(2) or 8) / 8)
-    else:
-        bits = {"SQ4": 4, "SQ6": 6, "SQ8": 8, "SQfp16": 16, "SQbf16": 16}.get(code, 32)
-        per = math.ceil(d * bits / 8)
     probed = min(nlist, auto_nprobe(nlist))
-    return int(n * probed / nlist * per)
+    return int(n * probed / nlist * code_bytes(code, d))
 
 
 def auto_refine(factory: str) -> int:

@@ -395,11 +395,12 @@ class Index(SearchSettings):
             return D, I
         kk = min(k, live)
         auto = self.spec.strip().lower() == "auto"
-        wide = min(max(kk, self.refine_), live) if vectors is not None else kk
+        depth = self.refine_ if vectors is not None else 0
         Dk, Ik = search_faiss(
-            self.index_, xq, wide, self.nprobe, self.ef_search, auto, self.removed_
+            self.index_, xq, min(max(kk, depth), live), self.nprobe, self.ef_search, auto,
+            self.removed_,
         )
-        if vectors is not None and self.refine_ > 0:
+        if depth:
             Dk, Ik = rescore(xq, Ik, vectors, self.metric)
         Dk, Ik = Dk[:, :kk], Ik[:, :kk]
         missing = Ik < 0
