@@ -10,12 +10,13 @@ re-scored by their exact vectors), on the vectors of a bundle ``scale.py`` built
 
 The base is the bundle's first segment; the queries are rows of its other segments (the
 1,000 images ``scale.py`` added and removed: other photos), or, without any, the last
-``--queries`` rows of the base, left out of it. Each index is trained on the sample a
-bundle trains on (:func:`cvretrieval.bundle.build.train_rows`: 256 MB of vectors), with
+``--queries`` rows of the base, left out of it. Each index is trained on a sample as a
+bundle draws it (:func:`cvretrieval.bundle.build.train_sample`: 256 MB of vectors), with
 ``auto``'s ``nprobe``. For each re-rank depth (0: the codes alone): recall@10 against
-the exact top 10 (brute force over the base), median latency of one query (Faiss on one
-thread, the exact vectors read from the memory-mapped base file, as warm as the page
-cache leaves them), training and adding seconds (Faiss on every core).
+the exact top 10 (:func:`cvretrieval.bundle.build.exact_knn` over the base), median
+latency of one query (Faiss on one thread, the exact vectors read by ``Bundle.rows`` as a
+bundle's search reads them, as warm as the page cache leaves them), training and adding
+seconds (Faiss on every core).
 """
 
 from __future__ import annotations
@@ -23,18 +24,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from _common import OUT, machine, markdown_table, write_json
-
-
-def exact_top10(base: Any, xq: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Ids of the 10 largest inner products of each query over ``base`` (read in blocks)."""
-    scores = np.empty((len(xq), len(base)), np.float32)
-    for lo in range(0, len(base), block):
-        scores[:, lo : lo + block] = xq @ np.asarray(base[lo : lo + block], np.float32).T
-    return np.argsort(-scores, axis=1)[:, :10]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,22 +43,27 @@ def main(argv: list[str] | None = None) -> None:
 
     import faiss
 
-    from cvretrieval.bundle.build import TRAIN_SAMPLE, train_rows
+    from cvretrieval.bundle.build import (
+        TRAIN_SAMPLE,
+        exact_knn,
+        iter_live_blocks,
+        train_rows,
+        train_sample,
+    )
     from cvretrieval.index import Index, choose_index, scan_bytes
     from cvretrieval.retriever import Retriever
 
-    segments = Retriever.load(args.bundle).bundle_.segments
-    base = segments[0].rows()
-    others = [np.asarray(s.rows(), np.float32) for s in segments[1:] if s.n]
-    if others:
-        xq = np.concatenate(others)[: args.queries]
-    else:
-        xq, base = np.asarray(base[-args.queries :], np.float32), base[: -args.queries]
-    n, d = base.shape
-    rng = np.random.default_rng(args.random_state)
-    n_train = train_rows(TRAIN_SAMPLE, d)
-    sample = np.asarray(base[np.sort(rng.choice(n, min(n, n_train), replace=False))])
-    truth = exact_top10(base, xq)
+    bundle = Retriever.load(args.bundle).bundle_
+    base, others = bundle.segments[0], [s for s in bundle.segments[1:] if s.n]
+    if others:  # other photos: the rows of the later segments
+        xq, held = np.concatenate([s.take(np.arange(s.n)) for s in others])[: args.queries], []
+    else:  # the base's last rows, left out of it
+        held = np.asarray(base.ids[-args.queries :])
+        xq = base.take(np.arange(base.n - len(held), base.n))
+    held = np.asarray(held, np.int64)
+    n, d = base.n - len(held), base.dim
+    sample = train_sample([base], train_rows(TRAIN_SAMPLE, d), args.random_state)
+    _, truth = exact_knn([base], xq, 10, "ip", held)
     budget = "2G"
     chosen = choose_index(n, d, "ip", budget, n_train=len(sample))[0]
     nlist = int(chosen.split(",")[0].removeprefix("IVF")) if chosen.startswith("IVF") else 256
@@ -80,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         index.train(sample, n_total=n)
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for lo in range(0, n, 8192):
-            index.add_with_ids(np.asarray(base[lo : lo + 8192], np.float32),
-                               np.arange(lo, min(n, lo + 8192)))
+        for _, ids, block in iter_live_blocks([base], held):
+            index.add_with_ids(block, ids)
         t_add = time.perf_counter() - t0
         index.spec = "auto"  # auto's nprobe (the factory is already resolved)
         before = faiss.omp_get_max_threads()
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(len(xq)):
                 t0 = time.perf_counter()
                 _, I = index.search(xq[i : i + 1], 10,  # noqa: E741
-                                    vectors=(lambda ids: base[ids]) if depth else None)
+                                    vectors=bundle.rows if depth else None)
                 times.append(time.perf_counter() - t0)
                 found.append(len(set(I[0].tolist()) & set(truth[i].tolist())) / 10)
             rows.append({"factory": factory, "refine": depth,

@@ -185,29 +185,16 @@ def folder_bytes(root: Path) -> int:
 
 def search_recall(ret: Any, X: Any, I: np.ndarray, k: int = 10) -> float:  # noqa: E741, N803
     """recall@k of the bundle's results ``I`` against brute force over every live stored
-    vector (nan for ASMK, whose results are not nearest vectors)."""
-    if ret.items:
+    vector (nan for sparse rows and ASMK, whose stored rows are not dense vectors)."""
+    from cvretrieval.bundle.build import exact_knn
+
+    if ret.items or ret.sparse:
         return float("nan")
     removed = ret.bundle_.catalog.ids_with_status("removed")
-    Xd = np.asarray(X.toarray() if hasattr(X, "toarray") else X, np.float32)
-    top_s = np.full((len(Xd), 0), -np.inf, np.float32)
-    top_i = np.zeros((len(Xd), 0), np.int64)
-    for seg in ret.bundle_.segments:
-        for ids, rows in seg.iter_blocks():
-            live = ~np.isin(ids, removed)
-            block = rows[live]
-            S = np.asarray(block @ Xd.T, np.float32).T
-            if ret.metric == "l2":  # rank by -(|r|^2 - 2 x.r), the same order as -|x - r|^2
-                sq = np.asarray(block.multiply(block).sum(1)).ravel() if hasattr(
-                    block, "multiply") else np.einsum("ij,ij->i", block, block)
-                S = 2 * S - sq[None, :]
-            top_s = np.concatenate([top_s, S], axis=1)
-            top_i = np.concatenate([top_i, np.broadcast_to(ids[live], S.shape)], axis=1)
-            keep = np.argsort(-top_s, axis=1, kind="stable")[:, :k]
-            top_s = np.take_along_axis(top_s, keep, axis=1)
-            top_i = np.take_along_axis(top_i, keep, axis=1)
+    _, truth = exact_knn(ret.bundle_.segments, np.ascontiguousarray(X, np.float32), k,
+                         ret.metric, removed)
     return float(np.mean([len(set(a) & set(b)) / k for a, b in
-                          zip(I[:, :k].tolist(), top_i.tolist(), strict=True)]))
+                          zip(I[:, :k].tolist(), truth.tolist(), strict=True)]))
 
 
 def query_latency(bundle: Path, queries: list[Path]) -> dict[str, float]:

@@ -178,28 +178,29 @@ def train_sample(segments: Sequence[Segment], n: int, random_state: int | None) 
 
 
 def exact_knn(segments: Sequence[Segment], X: NDArray[np.float32], k: int,
-              metric: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+              metric: str, removed: NDArray[np.int64] | None = None,
+              ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Exact k nearest stored vectors of ``X`` over every segment, block by block
-    (faiss-contrib style); ``I`` holds catalog ids."""
+    (faiss-contrib style), leaving out the ids ``removed``; ``I`` holds catalog ids."""
     import faiss
 
     n = X.shape[0]
     sign = 1.0 if metric == "ip" else -1.0
     bestD = np.full((n, 0), -np.inf, np.float32)
     bestI = np.zeros((n, 0), np.int64)
-    for s in segments:
-        for ids, rows in s.iter_blocks():
-            kk = min(k, len(ids))
-            if metric == "ip":
-                D, P = faiss.knn(X, rows, kk, metric=faiss.METRIC_INNER_PRODUCT)
-            else:
-                D, P = faiss.knn(X, rows, kk)
-            D = sign * D
-            candD = np.concatenate([bestD, D], axis=1)
-            candI = np.concatenate([bestI, ids[P]], axis=1)
-            order = np.argsort(-candD, axis=1, kind="stable")[:, :k]
-            bestD = np.take_along_axis(candD, order, 1)
-            bestI = np.take_along_axis(candI, order, 1)
+    gone = np.zeros(0, np.int64) if removed is None else removed
+    for _, ids, rows in iter_live_blocks(segments, gone):
+        kk = min(k, len(ids))
+        if metric == "ip":
+            D, P = faiss.knn(X, rows, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            D, P = faiss.knn(X, rows, kk)
+        D = sign * D
+        candD = np.concatenate([bestD, D], axis=1)
+        candI = np.concatenate([bestI, ids[P]], axis=1)
+        order = np.argsort(-candD, axis=1, kind="stable")[:, :k]
+        bestD = np.take_along_axis(candD, order, 1)
+        bestI = np.take_along_axis(candI, order, 1)
     return sign * bestD, bestI
 
 

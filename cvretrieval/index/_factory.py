@@ -61,7 +61,7 @@ AUTO_OPQ_MAX_D = 256
 #: Bytes of codes one query may scan in an inverted file (``n * nprobe / nlist`` codes)
 #: before ``auto`` prefers PQ codes re-ranked exactly: 100k 8,100-d HOG vectors in
 #: IVF212,SQ8 scanned ~84 MB a query (430 ms on one core; its lists are unbalanced),
-#: IVF212,PQ100x6 plus the exact re-rank 11.9 ms at recall@10 0.957 (highdim_index.py);
+#: IVF212,PQ100x6 plus the exact re-rank 13.9 ms at recall@10 0.957 (highdim_index.py);
 #: IVF4000,Flat over 1M 128-d vectors scans 12 MB.
 AUTO_MAX_SCAN_BYTES = 32 << 20
 #: PQ codes chosen by ``auto`` take at most ``max(AUTO_PQ_MAX_M, d // AUTO_PQ_DSUB)`` bytes
@@ -70,8 +70,8 @@ AUTO_PQ_MAX_M = 64
 AUTO_PQ_DSUB = 80
 #: Above :data:`AUTO_PQ_HIGH_D` dimensions PQ codes take 6 bits a sub-vector, not 8:
 #: encoding costs ``n * d * 2**nbits``, which dominates the build there (100k 8,100-d HOG:
-#: train + encode 12 s instead of 25 s, recall@10 0.957 instead of 0.977 after the
-#: re-rank, 11.9 ms instead of 5.7 ms a query; benchmarks/highdim_index.py).
+#: train + encode 12-14 s instead of 25-29 s, recall@10 0.957 instead of 0.977 after the
+#: re-rank, 13.9 ms instead of 8.3 ms a query; benchmarks/highdim_index.py).
 AUTO_PQ_HIGH_D_NBITS = 6
 AUTO_PQ_HIGH_D = 1024
 #: Candidates an index with PQ codes chosen by ``auto`` re-ranks by their exact stored
