@@ -227,8 +227,8 @@ class BundleWriting:
                                                       "dim": self._vector_dim(), "spec": ""}})
         if template is None:
             total = sum(s.n for s in bundle.segments)
-            sample = bb.train_sample(bundle.segments, bb.TRAIN_SAMPLE if self._trains(total)
-                                     else 256, self.random_state)
+            sample = bb.train_sample(bundle.segments, self._train_size(total),
+                                     self.random_state)
             template = self._new_index().train(sample, n_total=total)
             name = w.new_name("index", ".bin")
             template.save(root / name)
@@ -244,6 +244,10 @@ class BundleWriting:
         if bb.shards_are_vectors(template, transform is not None):
             record["shards"] = "vectors"
         return record
+
+    def _train_size(self, total: int) -> int:
+        """Rows asked of :func:`bb.train_sample` to train the index for ``total`` vectors."""
+        return bb.TRAIN_SAMPLE if self._trains(total) else 256
 
     def _trains(self, total: int) -> bool:
         """Whether the index needs a real training sample (Flat and HNSW, also when ``auto``
@@ -395,7 +399,7 @@ class BundleWriting:
             template = self._load_template(root, manifest)
             if not retrain and hasattr(template, "needs_retrain"):
                 # against the nlist a retrain could train: capped by its sample
-                n_train = bb.train_rows(bb.TRAIN_SAMPLE, self._vector_dim())
+                n_train = bb.train_rows(self._train_size(writer.n), self._vector_dim())
                 retrain = bool(template.needs_retrain(writer.n, n_train))
             manifest["index"] = self._train_and_shard(root, manifest, w,
                                                       None if retrain else template)

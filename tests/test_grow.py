@@ -549,3 +549,8 @@ def test_cli_refine_at_build_and_search(photos, tmp_path):
     assert abs(codes[0]["score"] - 1.0) > 1e-3
     r = cli_run("search", b, photos[4], "--refine", "-1", ok=False)
     assert r.exit_code == 2
+    sparse = tmp_path / "s.cvret"
+    cli_run("index", photos[0].parent, "-o", sparse, "--features", "bovw", "--words", "16",
+            "--index", "sparse", "--n-jobs", "1", "-q")
+    r = cli_run("search", sparse, photos[4], "--refine", "5", ok=False)
+    assert r.exit_code == 2 and "scores exactly" in r.output

@@ -156,7 +156,11 @@ def search_cmd(bundle: Path, query: Path, k: int, bbox: str | None, rerank: str 
 
     box = _parse_bbox(bbox)
     ret = Retriever.load(bundle, n_jobs=1)
-    if refine is not None and not (ret.sparse or ret.items):
+    if refine is not None:
+        if ret.sparse or ret.items:
+            raise click.UsageError(
+                f"--refine re-ranks the candidates of a Faiss index; {bundle}'s inverted file "
+                "scores exactly already: leave --refine out")
         ret.index.refine = refine
     hits = ret.search(query, k=k, bbox=box, rerank=rerank)
     for h in hits:
